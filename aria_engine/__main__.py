@@ -1,0 +1,3 @@
+from aria_engine.cli import cli
+
+cli()

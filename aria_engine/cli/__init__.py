@@ -1,0 +1,26 @@
+"""The `aria-engine` command line. One module per command group; each stays thin over the library.
+
+    aria-engine serve [--host H] [--port P]     run the HTTP/WebSocket service
+    aria-engine migrate                         apply database migrations
+    aria-engine version                         print the version
+"""
+
+from __future__ import annotations
+
+import click
+
+from aria_engine import __version__
+from aria_engine.cli.core import migrate, serve, version
+
+__all__ = ["cli"]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "-V", "--version", prog_name="aria-engine")
+def cli() -> None:
+    """Aria Engine: a self-hostable chat engine with persistent sessions and streaming."""
+
+
+cli.add_command(serve)
+cli.add_command(migrate)
+cli.add_command(version)

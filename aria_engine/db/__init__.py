@@ -1,0 +1,1 @@
+"""Persistence: ORM models (`models`), the engine/session factory (`engine`), migrations (`migrate`)."""
