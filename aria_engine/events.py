@@ -10,7 +10,8 @@ they are serialised once, with orjson, at the edge.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+import uuid
+from dataclasses import dataclass, field, fields
 from enum import StrEnum
 from functools import cache
 from typing import Any, ClassVar
@@ -24,6 +25,7 @@ __all__ = [
     "TokenEvent",
     "ToolCallEvent",
     "ToolResultEvent",
+    "TurnControl",
     "TurnEvent",
     "UsageEvent",
 ]
@@ -123,3 +125,17 @@ class DoneEvent(TurnEvent):
     cost: str = "0"
     latency_ms: int = 0
     ttft_ms: int | None = None
+
+
+@dataclass(slots=True)
+class TurnControl:
+    """The caller's handle on a running turn.
+
+    To stop a turn, set `reason` (cancelled | disconnected) and cancel the task iterating the turn (or
+    `aclose()` the iterator). The engine persists the partial answer and leaves the turn's closing
+    `DoneEvent` in `final_event`, since a cancelled async generator cannot yield it.
+    """
+
+    turn_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    reason: FinishReason = FinishReason.CANCELLED
+    final_event: DoneEvent | None = None

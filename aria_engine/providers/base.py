@@ -16,6 +16,7 @@ __all__ = [
     "ContentDelta",
     "FinishChunk",
     "LLMRequest",
+    "ModelSelected",
     "Provider",
     "ThinkingDelta",
     "ToolCallDelta",
@@ -56,7 +57,14 @@ class FinishChunk:
     reason: str  # stop | length | tool_calls | error (provider's word, normalized)
 
 
-Chunk = ContentDelta | ThinkingDelta | ToolCallDelta | UsageChunk | FinishChunk
+@dataclass(slots=True, frozen=True)
+class ModelSelected:
+    """Emitted by the gateway before any output: the catalog model that serves this call (after fallback)."""
+
+    model_id: str
+
+
+Chunk = ContentDelta | ThinkingDelta | ToolCallDelta | UsageChunk | FinishChunk | ModelSelected
 
 
 @dataclass(slots=True)
