@@ -25,6 +25,9 @@ from sqlalchemy.pool import NullPool
 from aria_engine.db.engine import create_engine, create_session_factory
 from aria_engine.db.migrate import upgrade_sync
 
+# Fixture plugins, one module per area (fake LLM provider, live server, ...). Add yours to this list.
+pytest_plugins: list[str] = []
+
 POSTGRES_URL = os.environ.get("ARIA_TEST_POSTGRES_URL", "")
 
 # The tests never read a developer's .env or ambient settings.
