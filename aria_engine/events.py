@@ -139,3 +139,4 @@ class TurnControl:
     turn_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     reason: FinishReason = FinishReason.CANCELLED
     final_event: DoneEvent | None = None
+    error: BaseException | None = None  # the failure behind a turn that finished with `error`

@@ -1,0 +1,995 @@
+"""ChatEngine: sessions, and THE turn pipeline that every surface (REST, WebSocket, CLI) runs.
+
+A turn, read top to bottom in `stream_turn`:
+
+1. Checks that can fail run before anything is started: the session exists and is the caller's, it is
+   active, the model is valid, the content is acceptable, and the session's turn lease is free
+   (`SessionBusy` otherwise). A repeated idempotency key replays the original turn instead.
+2. The user row is written (with the lease, in one transaction) and `StartEvent` goes out.
+3. Rounds: build the context, stream one LLM call (thinking/token events as deltas arrive), and if the
+   model asked for tools, persist the assistant row carrying the calls, run the tools, persist one tool
+   row per result, and loop — within the caps on rounds, tokens and USD per turn.
+4. The final assistant row is written with exact usage, cost, latency and TTFT; the lease is released in
+   the same transaction; `DoneEvent` closes the turn.
+
+Every `StartEvent` gets exactly one `DoneEvent`: errors after the start become `ErrorEvent` + `DoneEvent`.
+Cancellation (the consumer cancels its task or closes the iterator) persists the partial answer in a
+shielded block and leaves the closing `DoneEvent` in `TurnControl.final_event`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Coroutine
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import orjson
+from sqlalchemy import delete, func, or_, select, text, update
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+from aria_engine.db import store
+from aria_engine.db.models import ChatMessage, ChatSession, utcnow
+from aria_engine.db.store import MessageCounters
+from aria_engine.events import (
+    DoneEvent,
+    ErrorEvent,
+    FinishReason,
+    StartEvent,
+    ThinkingEvent,
+    TokenEvent,
+    ToolCallEvent,
+    ToolResultEvent,
+    TurnControl,
+    TurnEvent,
+    UsageEvent,
+)
+from aria_engine.exceptions import (
+    EngineError,
+    LLMError,
+    PayloadTooLarge,
+    SessionBusy,
+    SessionEnded,
+    SessionNotFound,
+    ValidationError,
+)
+from aria_engine.providers.base import (
+    ContentDelta,
+    FinishChunk,
+    ModelSelected,
+    ThinkingDelta,
+    ToolCallDelta,
+    UsageChunk,
+)
+
+if TYPE_CHECKING:
+    from aria_engine.config import EngineConfig
+    from aria_engine.context_manager import ContextManager
+    from aria_engine.llm_gateway import LLMGateway, ModelInfo
+    from aria_engine.prompts import PromptAssembler
+    from aria_engine.tool_registry import ToolRegistry
+
+__all__ = ["MAX_MESSAGE_CHARS", "ChatEngine", "ChatResponse"]
+
+logger = logging.getLogger("aria.engine")
+T = TypeVar("T")
+
+MAX_MESSAGE_CHARS = 100_000
+TITLE_CHARS = 80
+_TERMINAL_REASONS = {reason.value for reason in FinishReason} - {FinishReason.TOOL_CALLS.value}
+
+
+@dataclass(slots=True)
+class ChatResponse:
+    """A finished turn, as the REST endpoint returns it (the seed's shape)."""
+
+    message_id: str
+    session_id: str
+    content: str
+    turn_id: str = ""
+    thinking: str | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_results: list[dict[str, Any]] | None = None
+    model: str = ""
+    input_tokens: int = 0
+    output_tokens: int = 0
+    reasoning_tokens: int = 0
+    total_tokens: int = 0
+    cost: Decimal = Decimal(0)
+    latency_ms: int = 0
+    ttft_ms: int | None = None
+    finish_reason: str = ""
+
+    @property
+    def cost_usd(self) -> float:
+        return float(self.cost)
+
+
+@dataclass(slots=True)
+class _Call:
+    """What one LLM call produced so far. Deltas are collected in lists and joined once."""
+
+    model_id: str
+    messages: list[dict[str, Any]]
+    content: list[str] = field(default_factory=list)
+    thinking: list[str] = field(default_factory=list)
+    tool_fragments: dict[int, dict[str, Any]] = field(default_factory=dict)
+    usage: UsageChunk | None = None
+    finish: str | None = None
+    started: float = field(default_factory=time.perf_counter)
+
+    def text(self) -> str:
+        return "".join(self.content)
+
+    def thought(self) -> str | None:
+        return "".join(self.thinking) or None
+
+    def tool_calls(self) -> list[dict[str, Any]]:
+        calls = []
+        for index in sorted(self.tool_fragments):
+            fragment = self.tool_fragments[index]
+            calls.append(
+                {
+                    "id": fragment["id"] or f"call_{uuid.uuid4().hex[:24]}",
+                    "type": "function",
+                    "function": {"name": fragment["name"], "arguments": "".join(fragment["arguments"])},
+                }
+            )
+        return calls
+
+
+@dataclass(slots=True)
+class _Turn:
+    """State of one running turn: ids, the event counter and the turn's running totals."""
+
+    control: TurnControl
+    session_id: uuid.UUID
+    agent_id: str
+    model_id: str
+    started: float = field(default_factory=time.perf_counter)
+    seq: int = 0
+    ttft_ms: int | None = None
+    input_tokens: int = 0
+    output_tokens: int = 0
+    reasoning_tokens: int = 0
+    cost: Decimal = Decimal(0)
+    call: _Call | None = None
+    pending_tool_calls: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def turn_id(self) -> uuid.UUID:
+        return uuid.UUID(self.control.turn_id)
+
+    def next_seq(self) -> int:
+        self.seq += 1
+        return self.seq
+
+    def elapsed_ms(self) -> int:
+        return int((time.perf_counter() - self.started) * 1000)
+
+    def add_usage(self, counters: MessageCounters) -> None:
+        self.input_tokens += counters.input_tokens
+        self.output_tokens += counters.output_tokens
+        self.reasoning_tokens += counters.reasoning_tokens
+        self.cost += counters.cost
+
+
+class ChatEngine:
+    """Sessions and turns over one database and one gateway.
+
+    Usage:
+        engine = ChatEngine(config, db_factory, gateway, tools=tools, context=context, prompts=prompts)
+        session = await engine.create_session(owner="alice")
+        async for event in engine.stream_turn(session["id"], "Hello", owner="alice"):
+            print(event.to_dict())
+    """
+
+    def __init__(
+        self,
+        config: EngineConfig,
+        db_factory: async_sessionmaker[AsyncSession],
+        gateway: LLMGateway,
+        *,
+        tools: ToolRegistry,
+        context: ContextManager,
+        prompts: PromptAssembler,
+    ) -> None:
+        self.config = config
+        self._db_factory = db_factory
+        self.gateway = gateway
+        self.tools = tools
+        self.context = context
+        self.prompts = prompts
+        # Renewed every third of its length while a turn runs, so a crashed holder frees it quickly.
+        self.lease_seconds = 60.0
+
+    @property
+    def db_factory(self) -> async_sessionmaker[AsyncSession]:
+        return self._db_factory
+
+    # -- sessions ----------------------------------------------------------------------------------
+
+    async def create_session(
+        self,
+        *,
+        owner: str,
+        agent_id: str = "main",
+        model: str | None = None,
+        session_type: str = "interactive",
+        system_prompt: str | None = None,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        context_window: int = 50,
+        metadata: dict[str, Any] | None = None,
+        title: str | None = None,
+    ) -> dict[str, Any]:
+        from aria_engine.prompts import is_safe_agent_id
+
+        if not is_safe_agent_id(agent_id):
+            raise ValidationError(
+                "agent_id must be 1-64 letters, digits, '-' or '_', starting with a letter or digit."
+            )
+        info = self.gateway.resolve(model or self.gateway.default_model)
+        row = ChatSession(
+            id=uuid.uuid4(),
+            owner=owner,
+            agent_id=agent_id,
+            session_type=session_type,
+            title=_clean_title(title) if title else None,
+            system_prompt=system_prompt,
+            model=info.id,
+            temperature=temperature,
+            max_tokens=max_tokens,
+            context_window=context_window,
+            status="active",
+            metadata_=metadata,
+        )
+        async with self._db_factory.begin() as db:
+            db.add(row)
+        return store.session_to_dict(row)
+
+    async def get_session(self, session_id: str | uuid.UUID, *, owner: str | None) -> dict[str, Any]:
+        async with self._db_factory() as db:
+            return store.session_to_dict(await self._load_session(db, session_id, owner))
+
+    async def resume_session(
+        self, session_id: str | uuid.UUID, *, owner: str | None = None, limit: int = 50
+    ) -> dict[str, Any]:
+        """The session with its newest page of messages (oldest first) and whether older ones exist."""
+        async with self._db_factory() as db:
+            row = await self._load_session(db, session_id, owner)
+            result = await db.execute(
+                select(ChatMessage)
+                .where(ChatMessage.session_id == row.id)
+                .order_by(ChatMessage.seq.desc())
+                .limit(limit + 1)
+            )
+            rows = list(result.scalars())
+        data = store.session_to_dict(row)
+        data["has_more"] = len(rows) > limit
+        data["messages"] = [store.message_to_dict(m) for m in reversed(rows[:limit])]
+        return data
+
+    async def list_messages(
+        self, session_id: str | uuid.UUID, *, owner: str | None, after_seq: int = 0, limit: int = 100
+    ) -> tuple[list[dict[str, Any]], bool]:
+        async with self._db_factory() as db:
+            row = await self._load_session(db, session_id, owner)
+            result = await db.execute(
+                select(ChatMessage)
+                .where(ChatMessage.session_id == row.id, ChatMessage.seq > after_seq)
+                .order_by(ChatMessage.seq)
+                .limit(limit + 1)
+            )
+            rows = list(result.scalars())
+        return [store.message_to_dict(m) for m in rows[:limit]], len(rows) > limit
+
+    async def list_sessions(
+        self,
+        *,
+        owner: str | None,
+        page: int = 1,
+        page_size: int = 20,
+        agent_id: str | None = None,
+        status: str | None = None,
+        q: str | None = None,
+    ) -> tuple[list[dict[str, Any]], int]:
+        query = select(ChatSession)
+        if owner is not None:
+            query = query.where(ChatSession.owner == owner)
+        if agent_id:
+            query = query.where(ChatSession.agent_id == agent_id)
+        if status:
+            query = query.where(ChatSession.status == status)
+        if q and q.strip():
+            query = query.where(self._search_clause(q.strip()))
+        async with self._db_factory() as db:
+            total = (await db.execute(select(func.count()).select_from(query.subquery()))).scalar_one()
+            result = await db.execute(
+                query.order_by(ChatSession.updated_at.desc(), ChatSession.id)
+                .offset((page - 1) * page_size)
+                .limit(page_size)
+            )
+            return [store.session_to_dict(row) for row in result.scalars()], total
+
+    def _search_clause(self, q: str) -> Any:
+        title_match = ChatSession.title.ilike(f"%{_escape_like(q)}%", escape="\\")
+        if self.config.is_sqlite:
+            # FTS5 query syntax is not for users: quote every word so input is always a plain phrase search.
+            fts_query = " ".join('"' + word.replace('"', '""') + '"' for word in q.split())
+            matches = text(
+                "SELECT m.session_id FROM chat_messages_fts f JOIN chat_messages m ON m.rowid = f.rowid "
+                "WHERE chat_messages_fts MATCH :fts_query"
+            ).bindparams(fts_query=fts_query)
+        else:
+            matches = text(
+                "SELECT m.session_id FROM chat_messages m WHERE to_tsvector('simple', m.content) "
+                "@@ plainto_tsquery('simple', :fts_query)"
+            ).bindparams(fts_query=q)
+        return or_(title_match, ChatSession.id.in_(matches.columns(session_id=ChatSession.id.type)))
+
+    async def update_session(
+        self,
+        session_id: str | uuid.UUID,
+        *,
+        owner: str | None,
+        title: str | None = None,
+        model: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        values: dict[str, Any] = {"updated_at": utcnow()}
+        if title is not None:
+            values["title"] = _clean_title(title) or None
+        if model is not None:
+            values["model"] = self.gateway.resolve(model).id
+        if metadata is not None:
+            values["metadata_"] = metadata
+        async with self._db_factory.begin() as db:
+            row = await self._load_session(db, session_id, owner)
+            await db.execute(update(ChatSession).where(ChatSession.id == row.id).values(**values))
+            await db.refresh(row)
+            return store.session_to_dict(row)
+
+    async def end_session(self, session_id: str | uuid.UUID, *, owner: str | None = None) -> dict[str, Any]:
+        return await self._set_status(session_id, owner, "ended")
+
+    async def reopen_session(
+        self, session_id: str | uuid.UUID, *, owner: str | None = None
+    ) -> dict[str, Any]:
+        return await self._set_status(session_id, owner, "active")
+
+    async def _set_status(
+        self, session_id: str | uuid.UUID, owner: str | None, status: str
+    ) -> dict[str, Any]:
+        now = utcnow()
+        async with self._db_factory.begin() as db:
+            row = await self._load_session(db, session_id, owner)
+            await db.execute(
+                update(ChatSession)
+                .where(ChatSession.id == row.id)
+                .values(status=status, ended_at=now if status == "ended" else None, updated_at=now)
+            )
+            await db.refresh(row)
+            return store.session_to_dict(row)
+
+    async def delete_session(self, session_id: str | uuid.UUID, *, owner: str | None = None) -> None:
+        async with self._db_factory.begin() as db:
+            row = await self._load_session(db, session_id, owner)
+            if row.active_turn_id is not None and store.as_utc(row.turn_lease_until) > utcnow():  # type: ignore[operator]
+                raise SessionBusy()
+            await db.execute(delete(ChatSession).where(ChatSession.id == row.id))
+
+    async def verify_totals(self, session_id: str | uuid.UUID) -> dict[str, Any]:
+        """Invariant check: the session counters equal the sums over its messages ({} when they do)."""
+        async with self._db_factory() as db:
+            return await store.verify_totals(db, _parse_id(session_id))
+
+    async def _load_session(
+        self, db: AsyncSession, session_id: str | uuid.UUID, owner: str | None
+    ) -> ChatSession:
+        query = select(ChatSession).where(ChatSession.id == _parse_id(session_id))
+        if owner is not None:
+            query = query.where(ChatSession.owner == owner)  # another owner's session is simply not found
+        row = (await db.execute(query)).scalar_one_or_none()
+        if row is None:
+            raise SessionNotFound()
+        return row
+
+    # -- turns -------------------------------------------------------------------------------------
+
+    async def send_message(
+        self,
+        session_id: str | uuid.UUID,
+        content: str,
+        *,
+        owner: str | None = None,
+        enable_thinking: bool = False,
+        enable_tools: bool = True,
+        idempotency_key: str | None = None,
+    ) -> ChatResponse:
+        """Run one turn and collect its events: the non-streaming surface of `stream_turn`."""
+        control = TurnControl()
+        tokens: list[str] = []
+        thinking: list[str] = []
+        tool_calls: list[dict[str, Any]] = []
+        tool_results: list[dict[str, Any]] = []
+        done: DoneEvent | None = None
+        start: StartEvent | None = None
+        async for event in self.stream_turn(
+            session_id,
+            content,
+            owner=owner,
+            enable_thinking=enable_thinking,
+            enable_tools=enable_tools,
+            idempotency_key=idempotency_key,
+            control=control,
+        ):
+            if isinstance(event, TokenEvent):
+                tokens.append(event.content)
+            elif isinstance(event, ThinkingEvent):
+                thinking.append(event.content)
+            elif isinstance(event, ToolCallEvent):
+                tool_calls.append({"id": event.id, "name": event.name, "arguments": event.arguments})
+            elif isinstance(event, ToolResultEvent):
+                tool_results.append(
+                    {"id": event.id, "name": event.name, "content": event.content, "success": event.success}
+                )
+            elif isinstance(event, StartEvent):
+                start = event
+            elif isinstance(event, DoneEvent):
+                done = event
+        assert done is not None and start is not None  # stream_turn always starts and finishes
+        if done.finish_reason == FinishReason.ERROR and control.error is not None and not tokens:
+            raise control.error  # nothing useful was produced: surface the provider failure as an error
+        return ChatResponse(
+            message_id=done.message_id or start.message_id,
+            session_id=start.session_id,
+            turn_id=done.turn_id,
+            content="".join(tokens),
+            thinking="".join(thinking) or None,
+            tool_calls=tool_calls or None,
+            tool_results=tool_results or None,
+            model=done.model,
+            input_tokens=done.input_tokens,
+            output_tokens=done.output_tokens,
+            reasoning_tokens=done.reasoning_tokens,
+            total_tokens=done.total_tokens,
+            cost=Decimal(done.cost),
+            latency_ms=done.latency_ms,
+            ttft_ms=done.ttft_ms,
+            finish_reason=done.finish_reason,
+        )
+
+    async def stream_turn(
+        self,
+        session_id: str | uuid.UUID,
+        content: str,
+        *,
+        owner: str | None = None,
+        enable_thinking: bool = False,
+        enable_tools: bool = True,
+        idempotency_key: str | None = None,
+        control: TurnControl | None = None,
+    ) -> AsyncIterator[TurnEvent]:
+        """THE turn pipeline: one async producer of typed events (see the module docstring)."""
+        control = control or TurnControl()
+        _check_content(content)
+        sid = _parse_id(session_id)
+        if idempotency_key:
+            replay = await self._replay_if_seen(sid, owner, idempotency_key)
+            if replay is not None:
+                for event in replay:
+                    yield event
+                return
+        session, info, user_row = await self._begin_turn(sid, owner, content, idempotency_key, control)
+        turn = _Turn(control=control, session_id=sid, agent_id=session.agent_id, model_id=info.id)
+        heartbeat = asyncio.create_task(self._renew_lease_forever(turn))
+        try:
+            yield StartEvent(control.turn_id, turn.next_seq(), str(user_row.id), str(sid), info.id)
+            async for event in self._run_rounds(turn, session, info, enable_thinking, enable_tools):
+                yield event
+        except BaseException as exc:  # cancellation, consumer gone, or a failure mid-turn
+            if isinstance(exc, asyncio.CancelledError | GeneratorExit):
+                control.final_event = await _shielded(self._finish(turn, control.reason))
+                raise
+            error_event, done = await _shielded(self._fail(turn, exc))
+            yield error_event
+            yield done
+        finally:
+            heartbeat.cancel()
+
+    async def _begin_turn(
+        self,
+        sid: uuid.UUID,
+        owner: str | None,
+        content: str,
+        idempotency_key: str | None,
+        control: TurnControl,
+    ) -> tuple[ChatSession, ModelInfo, ChatMessage]:
+        """Checks that can fail, then the lease and the user row in one transaction."""
+        async with self._db_factory.begin() as db:
+            session = await self._load_session(db, sid, owner)
+            if session.status != "active":
+                raise SessionEnded()
+            info = self.gateway.resolve(session.model)
+            if not await store.acquire_turn_lease(db, sid, uuid.UUID(control.turn_id), self.lease_seconds):
+                raise SessionBusy()
+            if session.active_turn_id is not None:
+                # The previous holder's lease ran out without finishing its turn (crashed replica).
+                await self._mark_interrupted(db, sid, session.active_turn_id)
+            user_row = await store.append_message(
+                db,
+                sid,
+                role="user",
+                content=content,
+                turn_id=uuid.UUID(control.turn_id),
+                idempotency_key=idempotency_key,
+            )
+            if session.title is None:
+                await db.execute(
+                    update(ChatSession).where(ChatSession.id == sid).values(title=_clean_title(content))
+                )
+        return session, info, user_row
+
+    async def _run_rounds(
+        self, turn: _Turn, session: ChatSession, info: ModelInfo, enable_thinking: bool, enable_tools: bool
+    ) -> AsyncIterator[TurnEvent]:
+        use_tools = enable_tools and info.supports_tools and self.config.max_tool_rounds > 0
+        schemas = self.tools.schemas(session.agent_id) if use_tools else []
+        schema_tokens = self.gateway.count_tokens(info.id, orjson.dumps(schemas).decode()) if schemas else 0
+        max_output = session.max_tokens or info.max_output_tokens
+        budget = self.context.budget_for(
+            context_window_tokens=info.context_window,
+            max_output_tokens=max_output,
+            tool_schema_tokens=schema_tokens,
+        )
+        system_prompt = self.prompts.build(
+            agent_id=session.agent_id, override=session.system_prompt, tool_schemas=schemas
+        )
+        for round_no in range(self.config.max_tool_rounds + 1):
+            # The last allowed round offers no tools, so the model has to answer in text.
+            offered = schemas if round_no < self.config.max_tool_rounds else []
+            async with self._db_factory() as db:
+                messages = await self.context.build(
+                    db,
+                    session_id=turn.session_id,
+                    model_id=info.id,
+                    context_window=session.context_window,
+                    budget_tokens=budget,
+                    system_prompt=system_prompt,
+                )
+            turn.call = _Call(model_id=info.id, messages=messages)
+            async for event in self._stream_call(turn, session, offered, enable_thinking, max_output):
+                yield event
+            call = turn.call
+            calls = call.tool_calls()
+            if not calls or not offered:
+                yield self._usage_event(turn, self._call_counters(call))
+                yield await self._finish(turn, _finish_reason(call.finish))
+                return
+            async for event in self._run_tools(turn, call, calls):
+                yield event
+            if turn.output_tokens + turn.input_tokens > self.config.max_turn_tokens or (
+                turn.cost > self.config.max_turn_cost_usd
+            ):
+                yield ErrorEvent(
+                    turn.control.turn_id,
+                    turn.next_seq(),
+                    "turn_limit",
+                    "The turn reached its token or cost limit and was stopped.",
+                )
+                yield await self._finish(turn, FinishReason.LENGTH)
+                return
+
+    async def _stream_call(
+        self,
+        turn: _Turn,
+        session: ChatSession,
+        tools: list[dict[str, Any]],
+        enable_thinking: bool,
+        max_output: int | None,
+    ) -> AsyncIterator[TurnEvent]:
+        call = turn.call
+        assert call is not None
+        turn_id = turn.control.turn_id
+        stream = self.gateway.stream(
+            call.model_id,
+            call.messages,
+            tools=tools or None,
+            temperature=session.temperature,
+            max_tokens=session.max_tokens,
+            enable_thinking=enable_thinking,
+        )
+        async with contextlib.aclosing(stream):  # closing it closes the upstream request at once
+            async for chunk in stream:
+                if isinstance(chunk, ContentDelta):
+                    self._mark_first_output(turn)
+                    call.content.append(chunk.text)
+                    yield TokenEvent(turn_id, turn.next_seq(), chunk.text)
+                elif isinstance(chunk, ThinkingDelta):
+                    self._mark_first_output(turn)
+                    call.thinking.append(chunk.text)
+                    yield ThinkingEvent(turn_id, turn.next_seq(), chunk.text)
+                elif isinstance(chunk, ToolCallDelta):
+                    self._mark_first_output(turn)
+                    fragment = call.tool_fragments.setdefault(
+                        chunk.index, {"id": None, "name": "", "arguments": []}
+                    )
+                    fragment["id"] = fragment["id"] or chunk.id
+                    fragment["name"] = fragment["name"] or (chunk.name or "")
+                    fragment["arguments"].append(chunk.arguments)
+                elif isinstance(chunk, UsageChunk):
+                    call.usage = chunk
+                elif isinstance(chunk, FinishChunk):
+                    call.finish = chunk.reason
+                elif isinstance(chunk, ModelSelected):
+                    call.model_id = chunk.model_id
+
+    def _mark_first_output(self, turn: _Turn) -> None:
+        if turn.ttft_ms is None:
+            turn.ttft_ms = turn.elapsed_ms()
+
+    async def _run_tools(
+        self, turn: _Turn, call: _Call, calls: list[dict[str, Any]]
+    ) -> AsyncIterator[TurnEvent]:
+        turn_id = turn.control.turn_id
+        counters = self._call_counters(call)
+        async with self._db_factory.begin() as db:
+            await store.append_message(
+                db,
+                turn.session_id,
+                role="assistant",
+                content=call.text(),
+                turn_id=turn.turn_id,
+                counters=counters,
+                thinking=call.thought(),
+                tool_calls=calls,
+                model=call.model_id,
+                latency_ms=int((time.perf_counter() - call.started) * 1000),
+                finish_reason=FinishReason.TOOL_CALLS.value,
+                metadata_=self._usage_metadata(call),
+            )
+        turn.add_usage(counters)
+        turn.call = None
+        turn.pending_tool_calls = list(calls)
+        yield self._usage_event(turn, None)
+        for tool_call in calls:
+            function = tool_call["function"]
+            yield ToolCallEvent(
+                turn_id, turn.next_seq(), tool_call["id"], function["name"], function["arguments"]
+            )
+        while turn.pending_tool_calls:
+            tool_call = turn.pending_tool_calls[0]
+            name = tool_call["function"]["name"]
+            result = await self.tools.execute(
+                name, tool_call["function"]["arguments"], agent_id=turn.agent_id
+            )
+            async with self._db_factory.begin() as db:
+                await store.append_message(
+                    db,
+                    turn.session_id,
+                    role="tool",
+                    content=result.content,
+                    turn_id=turn.turn_id,
+                    tool_call_id=tool_call["id"],
+                    tool_name=name,
+                    metadata_=None if result.success else {"success": False},
+                )
+            turn.pending_tool_calls.pop(0)
+            yield ToolResultEvent(
+                turn_id, turn.next_seq(), tool_call["id"], name, result.content, result.success
+            )
+
+    def _usage_event(self, turn: _Turn, pending: MessageCounters | None) -> UsageEvent:
+        input_tokens = turn.input_tokens + (pending.input_tokens if pending else 0)
+        output_tokens = turn.output_tokens + (pending.output_tokens if pending else 0)
+        cost = turn.cost + (pending.cost if pending else Decimal(0))
+        return UsageEvent(turn.control.turn_id, turn.next_seq(), input_tokens, output_tokens, _money(cost))
+
+    def _call_counters(self, call: _Call) -> MessageCounters:
+        """Exact usage when the provider reported it; otherwise an offline count of what was sent and got.
+
+        A call that failed or was cancelled before any output is counted as zero: nothing was generated.
+        """
+        if call.usage is None and not call.content and not call.thinking and not call.tool_fragments:
+            return MessageCounters()
+        usage = call.usage or UsageChunk(
+            input_tokens=self.gateway.count_messages(call.model_id, call.messages),
+            output_tokens=self.gateway.count_tokens(call.model_id, call.text() + (call.thought() or "")),
+        )
+        return MessageCounters(
+            input_tokens=usage.input_tokens,
+            output_tokens=usage.output_tokens,
+            reasoning_tokens=usage.reasoning_tokens,
+            cost=self.gateway.cost(call.model_id, usage),
+        )
+
+    @staticmethod
+    def _usage_metadata(call: _Call) -> dict[str, Any] | None:
+        if call.usage is None:
+            return {"usage_estimated": True}
+        if call.usage.cached_input_tokens:
+            return {"cached_input_tokens": call.usage.cached_input_tokens}
+        return None
+
+    async def _finish(self, turn: _Turn, reason: FinishReason | str) -> DoneEvent:
+        """Write the turn's final assistant row, release the lease, and build the closing event."""
+        call = turn.call
+        counters = self._call_counters(call) if call else MessageCounters()
+        async with self._db_factory.begin() as db:
+            for tool_call in turn.pending_tool_calls:
+                # Tools that never ran still get a result row, so the history stays well-formed.
+                await store.append_message(
+                    db,
+                    turn.session_id,
+                    role="tool",
+                    content="The tool call was cancelled.",
+                    turn_id=turn.turn_id,
+                    tool_call_id=tool_call["id"],
+                    tool_name=tool_call["function"]["name"],
+                    metadata_={"success": False},
+                )
+            row = await store.append_message(
+                db,
+                turn.session_id,
+                role="assistant",
+                content=call.text() if call else "",
+                turn_id=turn.turn_id,
+                counters=counters,
+                thinking=call.thought() if call else None,
+                model=call.model_id if call else turn.model_id,
+                latency_ms=turn.elapsed_ms(),
+                ttft_ms=turn.ttft_ms,
+                finish_reason=str(reason),
+                metadata_=self._usage_metadata(call) if call else None,
+            )
+            await store.release_turn_lease(db, turn.session_id, turn.turn_id)
+        turn.add_usage(counters)
+        turn.call = None
+        turn.pending_tool_calls = []
+        return DoneEvent(
+            turn.control.turn_id,
+            turn.next_seq(),
+            str(row.id),
+            str(reason),
+            model=row.model or turn.model_id,
+            input_tokens=turn.input_tokens,
+            output_tokens=turn.output_tokens,
+            reasoning_tokens=turn.reasoning_tokens,
+            total_tokens=turn.input_tokens + turn.output_tokens,
+            cost=_money(turn.cost),
+            latency_ms=row.latency_ms or 0,
+            ttft_ms=turn.ttft_ms,
+        )
+
+    async def _fail(self, turn: _Turn, exc: BaseException) -> tuple[ErrorEvent, DoneEvent]:
+        if isinstance(exc, EngineError):
+            code, message = exc.code, exc.message
+            logger.warning("turn failed", extra={"turn_id": turn.control.turn_id, "code": code})
+        else:
+            code, message = "internal_error", "The engine failed while running this turn."
+            logger.exception("turn crashed", extra={"turn_id": turn.control.turn_id})
+        if isinstance(exc, LLMError | EngineError):
+            turn.control.error = exc
+        error_event = ErrorEvent(turn.control.turn_id, turn.next_seq(), code, message)
+        return error_event, await self._finish(turn, FinishReason.ERROR)
+
+    async def _renew_lease_forever(self, turn: _Turn) -> None:
+        while True:
+            await asyncio.sleep(self.lease_seconds / 3)
+            try:
+                async with self._db_factory.begin() as db:
+                    await store.renew_turn_lease(db, turn.session_id, turn.turn_id, self.lease_seconds)
+            except Exception:  # a missed renewal is retried next time; the turn itself goes on
+                logger.warning("turn lease renewal failed", exc_info=True)
+
+    # -- idempotency and recovery ------------------------------------------------------------------
+
+    async def _replay_if_seen(
+        self, sid: uuid.UUID, owner: str | None, idempotency_key: str
+    ) -> list[TurnEvent] | None:
+        """A repeated idempotency key gets the original turn's result (waiting if it still runs)."""
+        deadline = time.monotonic() + self.config.timeouts.total
+        while True:
+            async with self._db_factory() as db:
+                await self._load_session(db, sid, owner)
+                user_row = (
+                    await db.execute(
+                        select(ChatMessage).where(
+                            ChatMessage.session_id == sid, ChatMessage.idempotency_key == idempotency_key
+                        )
+                    )
+                ).scalar_one_or_none()
+                if user_row is None:
+                    return None
+                turn_rows = list(
+                    (
+                        await db.execute(
+                            select(ChatMessage)
+                            .where(ChatMessage.session_id == sid, ChatMessage.turn_id == user_row.turn_id)
+                            .order_by(ChatMessage.seq)
+                        )
+                    ).scalars()
+                )
+            final = turn_rows[-1]
+            if final.role == "assistant" and final.finish_reason in _TERMINAL_REASONS:
+                return _replay_events(sid, user_row, turn_rows)
+            if time.monotonic() > deadline:
+                raise SessionBusy()
+            await asyncio.sleep(0.2)
+
+    async def _mark_interrupted(self, db: AsyncSession, sid: uuid.UUID, turn_id: uuid.UUID) -> bool:
+        last = (
+            await db.execute(
+                select(ChatMessage)
+                .where(ChatMessage.session_id == sid)
+                .order_by(ChatMessage.seq.desc())
+                .limit(1)
+            )
+        ).scalar_one_or_none()
+        if last is None or last.turn_id != turn_id:
+            return False
+        if last.role == "assistant" and last.finish_reason in _TERMINAL_REASONS:
+            return False
+        if last.role == "assistant" and last.tool_calls:
+            for tool_call in last.tool_calls:
+                await store.append_message(
+                    db,
+                    sid,
+                    role="tool",
+                    content="The tool call was interrupted.",
+                    turn_id=turn_id,
+                    tool_call_id=tool_call.get("id"),
+                    tool_name=(tool_call.get("function") or {}).get("name"),
+                    metadata_={"success": False},
+                )
+        await store.append_message(
+            db, sid, role="assistant", turn_id=turn_id, finish_reason=FinishReason.INTERRUPTED.value
+        )
+        return True
+
+    async def recover_interrupted(self, *, all_leases: bool | None = None) -> int:
+        """Close turns left unfinished by a crash: mark them `interrupted` and free their sessions.
+
+        With SQLite only one process serves the file, so every lease found at start-up is stale. With
+        PostgreSQL other replicas may be mid-turn, so only expired leases are taken over.
+        """
+        take_all = self.config.is_sqlite if all_leases is None else all_leases
+        query = select(ChatSession.id, ChatSession.active_turn_id).where(
+            ChatSession.active_turn_id.is_not(None)
+        )
+        if not take_all:
+            query = query.where(ChatSession.turn_lease_until < utcnow())
+        async with self._db_factory() as db:
+            stale = list((await db.execute(query)).all())
+        recovered = 0
+        for sid, turn_id in stale:
+            async with self._db_factory.begin() as db:
+                claimed = await db.execute(
+                    update(ChatSession)
+                    .where(ChatSession.id == sid, ChatSession.active_turn_id == turn_id)
+                    .values(active_turn_id=None, turn_lease_until=None)
+                )
+                if claimed.rowcount == 1 and await self._mark_interrupted(db, sid, turn_id):  # type: ignore[attr-defined]
+                    recovered += 1
+        if recovered:
+            logger.info("recovered interrupted turns", extra={"count": recovered})
+        return recovered
+
+
+async def _shielded(coro: Coroutine[Any, Any, T]) -> T:
+    """Run `coro` to completion even if the caller is cancelled (again) meanwhile.
+
+    Used to persist a turn's end after a cancellation: the write must land, and the caller re-raises
+    its own cancellation afterwards.
+    """
+    task = asyncio.ensure_future(coro)
+    while not task.done():
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.shield(task)
+    return task.result()
+
+
+def _replay_events(sid: uuid.UUID, user_row: ChatMessage, rows: list[ChatMessage]) -> list[TurnEvent]:
+    turn_id = str(user_row.turn_id)
+    events: list[TurnEvent] = []
+    seq = 0
+
+    def next_seq() -> int:
+        nonlocal seq
+        seq += 1
+        return seq
+
+    final = rows[-1]
+    events.append(StartEvent(turn_id, next_seq(), str(user_row.id), str(sid), final.model or ""))
+    totals = [0, 0, 0, Decimal(0)]
+    for row in rows[1:]:
+        totals[0] += row.input_tokens
+        totals[1] += row.output_tokens
+        totals[2] += row.reasoning_tokens
+        totals[3] += row.cost
+        if row.role == "assistant":
+            if row.thinking:
+                events.append(ThinkingEvent(turn_id, next_seq(), row.thinking))
+            if row.content:
+                events.append(TokenEvent(turn_id, next_seq(), row.content))
+            for call in row.tool_calls or []:
+                function = call.get("function") or {}
+                events.append(
+                    ToolCallEvent(
+                        turn_id,
+                        next_seq(),
+                        call.get("id", ""),
+                        function.get("name", ""),
+                        function.get("arguments", ""),
+                    )
+                )
+        elif row.role == "tool":
+            success = (row.metadata_ or {}).get("success") is not False
+            events.append(
+                ToolResultEvent(
+                    turn_id, next_seq(), row.tool_call_id or "", row.tool_name or "", row.content, success
+                )
+            )
+    events.append(UsageEvent(turn_id, next_seq(), totals[0], totals[1], _money(totals[3])))
+    events.append(
+        DoneEvent(
+            turn_id,
+            next_seq(),
+            str(final.id),
+            final.finish_reason or FinishReason.STOP.value,
+            model=final.model or "",
+            input_tokens=totals[0],
+            output_tokens=totals[1],
+            reasoning_tokens=totals[2],
+            total_tokens=totals[0] + totals[1],
+            cost=_money(totals[3]),
+            latency_ms=final.latency_ms or 0,
+            ttft_ms=final.ttft_ms,
+        )
+    )
+    return events
+
+
+def _finish_reason(provider_reason: str | None) -> FinishReason:
+    if provider_reason == "length":
+        return FinishReason.LENGTH
+    if provider_reason == "error":
+        return FinishReason.ERROR
+    return FinishReason.STOP
+
+
+def _check_content(content: str) -> None:
+    if not isinstance(content, str) or not content.strip():
+        raise ValidationError("Message content must not be empty.")
+    if len(content) > MAX_MESSAGE_CHARS:
+        raise PayloadTooLarge(f"Message content is longer than {MAX_MESSAGE_CHARS} characters.")
+
+
+def _parse_id(session_id: str | uuid.UUID) -> uuid.UUID:
+    if isinstance(session_id, uuid.UUID):
+        return session_id
+    try:
+        return uuid.UUID(str(session_id))
+    except ValueError:
+        raise SessionNotFound() from None
+
+
+def _clean_title(text_: str) -> str:
+    return re.sub(r"\s+", " ", text_).strip()[:TITLE_CHARS]
+
+
+def _escape_like(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _money(value: Decimal) -> str:
+    from aria_engine.db.types import to_money
+
+    return format(to_money(value).normalize(), "f") if value else "0"
