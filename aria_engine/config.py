@@ -97,6 +97,11 @@ class EngineConfig(BaseSettings):
     context_safety_margin: int = Field(default=256, ge=0)
     title_model: str | None = None
 
+    # -- tools: per-agent allow-lists (owned by tool_registry.py) ---------------------------------
+    # ARIA_AGENT_TOOLS='{"main": ["current_time"], "*": ["calculate"]}' (JSON). An agent listed here may
+    # call only its tools; an agent not listed falls back to the "*" entry, else to every tool.
+    agent_tools: dict[str, list[str]] | None = None
+
     # -- streaming ---------------------------------------------------------------------------------
     ws_max_frame_bytes: int = Field(default=256 * 1024, ge=1024)
     ws_ping_interval: float = Field(default=20.0, gt=0)

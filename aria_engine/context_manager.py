@@ -1,0 +1,342 @@
+"""ContextManager: the message list sent to the model on each LLM call (SPEC section 6).
+
+Two parts:
+- `build` reads the rows it needs and nothing more: the newest `context_window` rows of the session
+  (`ORDER BY seq DESC LIMIT n`, served by the (session_id, seq) unique index) and, when that window does
+  not reach back to it, the session's first user message (one more indexed query). Two statements at
+  most, whatever the length of the history; the `thinking` column is never read.
+- `fit` is the pure core, property-tested: given the system message, the rows (oldest first) and a token
+  budget, it returns OpenAI chat messages that are within the budget and well-formed.
+
+Rules `fit` keeps, in priority order:
+1. the system message and the newest user message are always kept. If those two alone exceed the budget,
+   `PayloadTooLarge` is raised (the user's text is never silently cut: the client is told to shorten it);
+2. the messages after the newest user message (this turn's tool rounds), newest first;
+3. the first user message (it often sets the task or identity), when it fits;
+4. the rest of the history, newest first, stopping at the first unit that does not fit (no gaps).
+
+An assistant message with `tool_calls` and its tool results form one unit: kept together or dropped
+together. A unit whose results are incomplete, and a tool message whose call is not in view, are dropped,
+so the provider never sees an orphan. When a unit is too big only because of a tool result, the largest
+results are truncated (with a marker) to make it fit rather than dropping the unit.
+
+Token cost of a message = `MESSAGE_OVERHEAD_TOKENS` + tokens of its content + tokens of its tool_calls JSON
+(see `message_tokens`); the budget bounds the sum.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from sqlalchemy import select
+
+from aria_engine.db.models import ChatMessage
+from aria_engine.exceptions import PayloadTooLarge
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
+
+    from aria_engine.config import EngineConfig
+
+__all__ = [
+    "MAX_CONTEXT_MESSAGES",
+    "MESSAGE_OVERHEAD_TOKENS",
+    "SKIPPED_FINISH_REASONS",
+    "ContextManager",
+    "MessageView",
+    "message_tokens",
+]
+
+# Role markers and separators each chat message costs (OpenAI's published accounting uses 3-4).
+MESSAGE_OVERHEAD_TOKENS = 4
+# The API caps a session's context_window at 500; this guards the read even if a row says otherwise.
+MAX_CONTEXT_MESSAGES = 500
+# Rows of turns that ended without an answer: replayed only when they carry some text.
+SKIPPED_FINISH_REASONS = frozenset({"cancelled", "disconnected", "error", "interrupted"})
+# A truncated tool result keeps at least this many tokens of its text; below that the unit is dropped.
+MIN_TOOL_RESULT_TOKENS = 16
+TRUNCATION_MARKER = "\n[truncated: {kept} of {total} characters shown to fit the context]"
+
+Count = Callable[[str], int]
+
+# Only the columns the context needs: never `thinking`, never usage or metadata.
+_COLUMNS = (
+    ChatMessage.seq,
+    ChatMessage.role,
+    ChatMessage.content,
+    ChatMessage.tool_calls,
+    ChatMessage.tool_call_id,
+    ChatMessage.tool_name,
+    ChatMessage.finish_reason,
+)
+
+
+@dataclass(slots=True, frozen=True)
+class MessageView:
+    """The part of a `chat_messages` row the context needs."""
+
+    seq: int
+    role: str
+    content: str
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+    tool_name: str | None = None
+    finish_reason: str | None = None
+
+    @classmethod
+    def from_row(cls, row: Any) -> MessageView:
+        return cls(
+            seq=row.seq,
+            role=row.role,
+            content=row.content or "",
+            tool_calls=row.tool_calls or None,
+            tool_call_id=row.tool_call_id,
+            tool_name=row.tool_name,
+            finish_reason=row.finish_reason,
+        )
+
+
+def message_tokens(message: dict[str, Any], count: Count) -> int:
+    """The token cost of one chat message under the context budget."""
+    tokens = MESSAGE_OVERHEAD_TOKENS + count(message.get("content") or "")
+    if message.get("tool_calls"):
+        tokens += count(orjson.dumps(message["tool_calls"]).decode())
+    if message.get("tool_call_id"):
+        tokens += count(message["tool_call_id"])
+    return tokens
+
+
+class ContextManager:
+    """Token-budgeted context for one LLM call.
+
+    Parameters:
+    - config: `context_safety_margin` is read.
+    - count_tokens: `count_tokens(model_id, text) -> int` (the gateway's offline counter).
+    """
+
+    def __init__(self, config: EngineConfig, count_tokens: Callable[[str, str], int]) -> None:
+        self._config = config
+        self._count_tokens = count_tokens
+
+    def budget_for(
+        self, *, context_window_tokens: int, max_output_tokens: int, tool_schema_tokens: int
+    ) -> int:
+        """Tokens available for messages: window - reserved output - tool schemas - safety margin."""
+        budget = (
+            context_window_tokens
+            - max_output_tokens
+            - tool_schema_tokens
+            - self._config.context_safety_margin
+        )
+        return max(0, budget)
+
+    async def build(
+        self,
+        db: AsyncSession,
+        *,
+        session_id: uuid.UUID,
+        model_id: str,
+        context_window: int,
+        budget_tokens: int,
+        system_prompt: str,
+    ) -> list[dict[str, Any]]:
+        """System message first, then the kept history oldest to newest. Two SQL statements at most."""
+        rows = await self.read_rows(db, session_id=session_id, context_window=context_window)
+
+        def count(text: str) -> int:
+            return self._count_tokens(model_id, text)
+
+        return self.fit({"role": "system", "content": system_prompt}, rows, budget_tokens, count)
+
+    @staticmethod
+    async def read_rows(db: AsyncSession, *, session_id: uuid.UUID, context_window: int) -> list[MessageView]:
+        """The newest `context_window` rows, oldest first, preceded by the first user row if older."""
+        limit = min(max(1, context_window), MAX_CONTEXT_MESSAGES)
+        newest = await db.execute(
+            select(*_COLUMNS)
+            .where(ChatMessage.session_id == session_id)
+            .order_by(ChatMessage.seq.desc())
+            .limit(limit)
+        )
+        rows = [MessageView.from_row(row) for row in newest]
+        rows.reverse()
+        if len(rows) < limit or rows[0].seq <= 1:
+            return rows  # the window reaches back to the start: the first user row, if any, is in it
+        first = await db.execute(
+            select(*_COLUMNS)
+            .where(ChatMessage.session_id == session_id, ChatMessage.role == "user")
+            .order_by(ChatMessage.seq)
+            .limit(1)
+        )
+        row = first.first()
+        if row is not None and row.seq < rows[0].seq:
+            rows.insert(0, MessageView.from_row(row))
+        return rows
+
+    @staticmethod
+    def fit(
+        system: dict[str, Any], rows: Sequence[MessageView], budget: int, count: Count
+    ) -> list[dict[str, Any]]:
+        """Choose and shape the messages (see the module docstring). Pure; raises PayloadTooLarge."""
+        return _Fitter(system, rows, budget, count).run()
+
+
+# -- the pure core ---------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Unit:
+    """One message, or an assistant tool-call message with all its results."""
+
+    index: int  # position in the history, to restore order
+    messages: list[dict[str, Any]]
+    is_user: bool = False
+
+
+def _to_message(row: MessageView) -> dict[str, Any] | None:
+    if row.finish_reason in SKIPPED_FINISH_REASONS and not row.content:
+        return None
+    if row.role == "tool":
+        if not row.tool_call_id:
+            return None
+        return {"role": "tool", "tool_call_id": row.tool_call_id, "content": row.content}
+    if row.role == "assistant" and row.tool_calls:
+        return {"role": "assistant", "content": row.content, "tool_calls": row.tool_calls}
+    if row.role in ("user", "assistant", "system"):
+        return {"role": row.role, "content": row.content}
+    return None
+
+
+def _call_ids(message: dict[str, Any]) -> list[str]:
+    ids = [call.get("id") for call in message["tool_calls"] if isinstance(call, dict)]
+    return [i for i in ids if isinstance(i, str) and i]
+
+
+def _units(rows: Sequence[MessageView]) -> list[_Unit]:
+    """Group rows into units; drop incomplete tool groups and orphan tool messages."""
+    units: list[_Unit] = []
+    pending: _Unit | None = None  # an assistant tool-call unit still collecting its results
+    waiting: set[str] = set()
+    for row in rows:
+        message = _to_message(row)
+        if message is None:
+            continue
+        if message["role"] == "tool":
+            if pending is not None and message["tool_call_id"] in waiting:
+                waiting.discard(message["tool_call_id"])
+                pending.messages.append(message)
+                if not waiting:
+                    units.append(pending)
+                    pending = None
+            continue  # an orphan or duplicate result: never sent
+        # Any other message closes an open group; if results are still missing, the group is dropped.
+        pending, waiting = None, set()
+        if "tool_calls" in message:
+            ids = _call_ids(message)
+            if ids and len(set(ids)) == len(ids) == len(message["tool_calls"]):
+                pending, waiting = _Unit(len(units), [message]), set(ids)
+            continue
+        units.append(_Unit(len(units), [message], is_user=message["role"] == "user"))
+    return units
+
+
+class _Fitter:
+    def __init__(
+        self, system: dict[str, Any], rows: Sequence[MessageView], budget: int, count: Count
+    ) -> None:
+        self.system = system
+        self.units = _units(rows)
+        self.count = count
+        self.left = budget - message_tokens(system, count)
+        self.kept: list[_Unit] = []
+
+    def run(self) -> list[dict[str, Any]]:
+        users = [i for i, unit in enumerate(self.units) if unit.is_user]
+        newest_cost = self._cost(self.units[users[-1]]) if users else 0
+        if newest_cost > self.left:  # also when the system prompt alone is over budget
+            raise PayloadTooLarge(
+                "The message is too long for this model's context window; shorten it or start a session "
+                "with a model that has a larger context window."
+            )
+        if not users:
+            self._fill(reversed(self.units))
+            return self._result()
+        newest, first = users[-1], users[0]
+        self._take(self.units[newest], newest_cost)
+        self._fill(reversed(self.units[newest + 1 :]))
+        if first != newest:
+            self._try(self.units[first])
+        self._fill(unit for i, unit in reversed(list(enumerate(self.units[:newest]))) if i != first)
+        return self._result()
+
+    def _result(self) -> list[dict[str, Any]]:
+        self.kept.sort(key=lambda unit: unit.index)
+        return [self.system, *(message for unit in self.kept for message in unit.messages)]
+
+    def _cost(self, unit: _Unit) -> int:
+        return sum(message_tokens(message, self.count) for message in unit.messages)
+
+    def _take(self, unit: _Unit, cost: int) -> None:
+        self.kept.append(unit)
+        self.left -= cost
+
+    def _fill(self, units: Any) -> None:
+        for unit in units:
+            if not self._try(unit):
+                return
+
+    def _try(self, unit: _Unit) -> bool:
+        cost = self._cost(unit)
+        if cost > self.left and len(unit.messages) > 1:
+            shrunk = _shrink_results(unit, cost - self.left, self.count)
+            if shrunk is not None:
+                unit, cost = shrunk, self._cost(shrunk)
+        if cost > self.left:
+            return False
+        self._take(unit, cost)
+        return True
+
+
+def _shrink_results(unit: _Unit, excess: int, count: Count) -> _Unit | None:
+    """Truncate the largest tool results of a group until it is `excess` tokens smaller, or None."""
+    messages = list(unit.messages)
+    by_size = sorted(range(1, len(messages)), key=lambda i: message_tokens(messages[i], count), reverse=True)
+    for i in by_size:
+        if excess <= 0:
+            break
+        content = messages[i]["content"]
+        current = count(content)
+        target = max(MIN_TOOL_RESULT_TOKENS, current - excess)
+        if target >= current:
+            continue
+        shorter = truncate_to_tokens(content, target, count)
+        if shorter is None:
+            continue
+        excess -= current - count(shorter)
+        messages[i] = {**messages[i], "content": shorter}
+    if excess > 0:
+        return None
+    return _Unit(unit.index, messages, unit.is_user)
+
+
+def truncate_to_tokens(text: str, max_tokens: int, count: Count) -> str | None:
+    """The head of `text` plus a marker, costing at most `max_tokens`; None if even that cannot fit.
+
+    Guesses a cut from the text's own characters-per-token ratio and shrinks it until it fits: a few
+    counts of at most the original text's size, never a character-by-character search.
+    """
+    total = count(text)
+    if total <= max_tokens:
+        return text
+    keep = len(text) * max_tokens // max(total, 1)
+    while True:
+        candidate = text[:keep] + TRUNCATION_MARKER.format(kept=keep, total=len(text))
+        if count(candidate) <= max_tokens:
+            return candidate
+        if keep == 0:
+            return None
+        keep = keep * 3 // 4 if keep > 4 else 0
