@@ -11,6 +11,7 @@ import click
 
 from aria_engine import __version__
 from aria_engine.cli.core import migrate, serve, version
+from aria_engine.cli.transfer import export_command, import_command
 
 __all__ = ["cli"]
 
@@ -24,3 +25,5 @@ def cli() -> None:
 cli.add_command(serve)
 cli.add_command(migrate)
 cli.add_command(version)
+cli.add_command(export_command)
+cli.add_command(import_command)
