@@ -10,6 +10,7 @@ from __future__ import annotations
 import click
 
 from aria_engine import __version__
+from aria_engine.cli.chat import chat
 from aria_engine.cli.core import migrate, serve, version
 from aria_engine.cli.transfer import export_command, import_command
 
@@ -27,3 +28,4 @@ cli.add_command(migrate)
 cli.add_command(version)
 cli.add_command(export_command)
 cli.add_command(import_command)
+cli.add_command(chat)
