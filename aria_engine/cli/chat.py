@@ -100,6 +100,12 @@ def _error_message(response: httpx.Response) -> str:
     return f"HTTP {response.status_code}"
 
 
+def _write_file(target: str, data: bytes) -> Path:
+    path = Path(target).expanduser()
+    path.write_bytes(data)
+    return path
+
+
 class _LineReader:
     """Reads stdin lines on a daemon thread into an asyncio queue.
 
@@ -285,22 +291,24 @@ class ChatClient:
         kind = event.get("type")
         if kind == "pong":
             return False
-        if not event.get("turn_id"):
+        seq = event.get("seq")
+        # Turn events always carry a seq; an error without one answers a request (a refused message, a
+        # resume of a turn the server no longer knows) and is not part of a turn's stream.
+        if not event.get("turn_id") or not isinstance(seq, int):
             if kind == "error":
                 self._end_line(turn)
                 self._problem(str(event.get("message") or event.get("code") or "message refused"))
-                # Before `start` an error means the message was not taken; after it, `done` still follows.
-                return turn.turn_id is None
+                # Before `start` an error means the message was not taken; a failed resume of our turn
+                # means it is gone; otherwise (say, a late cancel) the turn's own `done` still follows.
+                return turn.turn_id is None or event.get("turn_id") == turn.turn_id
             return False
         if turn.turn_id is None:
             turn.turn_id = str(event["turn_id"])
         if event["turn_id"] != turn.turn_id:
             return False  # another client's turn on this session
-        seq = event.get("seq")
-        if isinstance(seq, int):
-            if seq <= turn.last_seq:
-                return False  # already printed before a reconnect
-            turn.last_seq = seq
+        if seq <= turn.last_seq:
+            return False  # already printed before a reconnect
+        turn.last_seq = seq
         return self._render(turn, kind, event)
 
     def _render(self, turn: _Turn, kind: object, event: dict[str, Any]) -> bool:
@@ -454,9 +462,8 @@ class ChatClient:
             "GET", f"{API}/sessions/{quote(self.session['id'], safe='')}/export", params={"format": fmt}
         )
         if target.strip():
-            path = os.path.expanduser(target.strip())
             # Off the loop, so a slow disk cannot stall the socket's keepalive.
-            await asyncio.to_thread(Path(path).write_bytes, response.content)
+            path = await asyncio.to_thread(_write_file, target.strip(), response.content)
             self._info(f"[exported {len(response.content)} bytes to {path}]")
         else:
             self._out(response.text, nl=not response.text.endswith("\n"))

@@ -678,15 +678,15 @@
 
   function handleEvent(event) {
     if (event.type === "pong") return;
-    if (!event.turn_id) {
+    // Turn events always carry a seq; an error without one is about a request (a refused message, a
+    // resume of a turn the server no longer knows), not part of a turn's stream.
+    if (!event.turn_id || typeof event.seq !== "number") {
       if (event.type === "error") onStrayError(event);
       return;
     }
     const turn = turnFor(event);
-    if (typeof event.seq === "number") {
-      if (event.seq <= turn.lastSeq) return; // already applied before a reconnect
-      turn.lastSeq = event.seq;
-    }
+    if (event.seq <= turn.lastSeq) return; // already applied before a reconnect
+    turn.lastSeq = event.seq;
     const view = turn.view;
     switch (event.type) {
       case "start":
@@ -729,7 +729,7 @@
 
   function onStrayError(event) {
     const turn = state.turn;
-    if (turn && !turn.done && turn.lastSeq === 0) {
+    if (turn && !turn.done && event.turn_id === turn.turnId) {
       // The resume target is gone (finished and expired from the log): the stored rows are the truth.
       state.turn = null;
       sessionStorage.removeItem(INFLIGHT_STORAGE);
