@@ -98,6 +98,8 @@ def test_default_instructions_without_a_prompts_dir_or_file(prompts_dir: Path) -
         "mäin",
         "a b",
         "a\x00",
+        "main\n",
+        "main/",
     ],
 )
 def test_unsafe_agent_ids_never_touch_the_file_system(prompts_dir: Path, agent_id: str) -> None:
