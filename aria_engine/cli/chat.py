@@ -415,7 +415,7 @@ class ChatClient:
         self._info(
             f"[session {session['id']} · {session.get('title') or 'untitled'} · "
             f"model {session.get('model')} · {session.get('message_count', 0)} messages · "
-            f"{_format_cost(session.get('total_cost'))}]"
+            f"{_format_cost(session.get('total_cost_usd', session.get('total_cost')))}]"
         )
         if session.get("status") == "ended":
             self._info("[this session has ended: /new starts another]")

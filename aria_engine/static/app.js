@@ -442,7 +442,7 @@
       s.model,
       `${s.message_count || 0} messages`,
       `${s.total_tokens || 0} tokens`,
-      formatCost(s.total_cost),
+      formatCost(s.total_cost_usd ?? s.total_cost),
     ];
     if (s.status === "ended") totals.push("ended");
     ui.totals.textContent = totals.filter(Boolean).join(" · ");
@@ -824,7 +824,7 @@
     if (!s) return;
     try {
       closeSocket();
-      await api(`${API}/sessions/${encodeURIComponent(s.id)}?hard=true`, { method: "DELETE" });
+      await api(`${API}/sessions/${encodeURIComponent(s.id)}?purge=true`, { method: "DELETE" });
       state.session = null;
       state.turn = null;
       history.replaceState(null, "", location.pathname);
