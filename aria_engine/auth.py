@@ -1,0 +1,298 @@
+"""Who is calling: API keys, principals, WebSocket tickets and per-principal rate limits (SPEC section 10).
+
+- API keys are random strings shown once at creation; only their SHA-256 hash is stored (`api_keys` table),
+  with a short prefix to recognise a key in listings. A key maps to a principal, which owns sessions.
+- Open mode: while no active key exists, every caller is the principal `local`. The app refuses to serve
+  open mode on a non-loopback address unless `allow_anonymous` is set (see `check_bind_allowed`).
+- WebSocket tickets let a browser open the socket without putting the key in a URL: a ticket is random,
+  single use and expires after `ws_ticket_ttl` seconds.
+- Rate limits count requests and tokens per principal in fixed one-minute windows.
+
+Tickets and rate-limit counters live in process memory (bounded, expired entries pruned), or in Redis when
+the service runs as several replicas, so every replica sees the same counts and a ticket can be redeemed
+anywhere. Nothing here imports FastAPI.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import secrets
+import time
+import uuid
+from collections import OrderedDict
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+from sqlalchemy import exists, select, update
+
+from aria_engine.db.models import ApiKey, utcnow
+from aria_engine.exceptions import AuthError, ConfigError, RateLimited
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+    from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+
+    from aria_engine.config import EngineConfig
+
+__all__ = [
+    "OPEN_PRINCIPAL",
+    "ApiKeyInfo",
+    "Authenticator",
+    "RateLimiter",
+    "TicketStore",
+    "check_bind_allowed",
+    "create_key",
+    "generate_key",
+    "hash_key",
+    "is_loopback",
+    "list_keys",
+    "revoke_key",
+]
+
+OPEN_PRINCIPAL = "local"
+KEY_PREFIX = "aria_"
+_SHOWN_PREFIX_CHARS = 12
+_WINDOW_SECONDS = 60.0
+
+
+def generate_key() -> str:
+    """A new API key: `aria_` + 43 URL-safe characters (256 random bits)."""
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def hash_key(key: str) -> str:
+    # A plain SHA-256 is enough: keys carry 256 random bits, so there is nothing to brute-force.
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+@dataclass(slots=True, frozen=True)
+class ApiKeyInfo:
+    """What may be shown about a key after its creation (never the key itself)."""
+
+    id: str
+    name: str
+    principal: str
+    prefix: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+def _info(row: ApiKey) -> ApiKeyInfo:
+    return ApiKeyInfo(
+        id=str(row.id),
+        name=row.name,
+        principal=row.principal,
+        prefix=row.prefix,
+        created_at=row.created_at,
+        revoked_at=row.revoked_at,
+    )
+
+
+async def create_key(
+    db_factory: async_sessionmaker[AsyncSession], name: str, principal: str | None = None
+) -> tuple[str, ApiKeyInfo]:
+    """Create a key; returns the key (to show once) and its stored description.
+
+    The principal defaults to the key's name, so two keys with one principal share sessions.
+    """
+    name = name.strip()
+    if not name or len(name) > 100:
+        raise ValueError("a key name must have 1 to 100 characters")
+    principal = (principal or name).strip()
+    if not principal or len(principal) > 128:
+        raise ValueError("a principal must have 1 to 128 characters")
+    key = generate_key()
+    row = ApiKey(name=name, principal=principal, key_hash=hash_key(key), prefix=key[:_SHOWN_PREFIX_CHARS])
+    async with db_factory() as db:
+        db.add(row)
+        await db.commit()
+    return key, _info(row)
+
+
+async def list_keys(db_factory: async_sessionmaker[AsyncSession]) -> list[ApiKeyInfo]:
+    async with db_factory() as db:
+        rows = (await db.scalars(select(ApiKey).order_by(ApiKey.created_at))).all()
+    return [_info(row) for row in rows]
+
+
+async def revoke_key(
+    db_factory: async_sessionmaker[AsyncSession], key_id_or_prefix: str
+) -> ApiKeyInfo | None:
+    """Revoke the key with this id or prefix; None if no active key matches exactly one."""
+    async with db_factory() as db:
+        query = select(ApiKey).where(ApiKey.revoked_at.is_(None))
+        try:
+            query = query.where(ApiKey.id == uuid.UUID(key_id_or_prefix))
+        except ValueError:
+            query = query.where(ApiKey.prefix == key_id_or_prefix)
+        rows = (await db.scalars(query.limit(2))).all()
+        if len(rows) != 1:
+            return None
+        row = rows[0]
+        await db.execute(update(ApiKey).where(ApiKey.id == row.id).values(revoked_at=utcnow()))
+        await db.commit()
+        row.revoked_at = utcnow()
+    return _info(row)
+
+
+def is_loopback(host: str) -> bool:
+    if host in ("localhost", ""):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class Authenticator:
+    """Maps a bearer key to its principal, or to `local` while no key exists (open mode).
+
+    Each call reads the database (one indexed lookup), so a key created or revoked by the CLI in another
+    process takes effect at once.
+    """
+
+    def __init__(self, db_factory: async_sessionmaker[AsyncSession]) -> None:
+        self._db_factory = db_factory
+
+    async def open_mode(self) -> bool:
+        async with self._db_factory() as db:
+            active = await db.scalar(select(exists().where(ApiKey.revoked_at.is_(None))))
+        return not active
+
+    async def principal_for(self, bearer: str | None) -> str:
+        """The principal of this key; raises AuthError if it is missing, unknown or revoked."""
+        if bearer:
+            async with self._db_factory() as db:
+                principal = await db.scalar(
+                    select(ApiKey.principal).where(
+                        ApiKey.key_hash == hash_key(bearer), ApiKey.revoked_at.is_(None)
+                    )
+                )
+            if principal is None:
+                raise AuthError("The API key is invalid or revoked.")
+            return principal
+        if await self.open_mode():
+            return OPEN_PRINCIPAL
+        raise AuthError()
+
+
+async def check_bind_allowed(config: EngineConfig, authenticator: Authenticator) -> None:
+    """Refuse to serve without keys on a non-loopback address unless explicitly allowed."""
+    if is_loopback(config.host) or config.allow_anonymous:
+        return
+    if await authenticator.open_mode():
+        raise ConfigError(
+            f"refusing to serve on {config.host} without API keys: create one with "
+            "`aria-engine keys create --name NAME`, or pass --allow-anonymous"
+        )
+
+
+class TicketStore:
+    """Single-use, short-lived WebSocket tickets: ticket -> (principal, session_id or None).
+
+    In memory the store is bounded: expired tickets are pruned on each issue and, past `max_tickets`, the
+    oldest are dropped. With Redis a ticket is a key with a TTL, redeemed with GETDEL (atomic single use).
+    """
+
+    def __init__(self, ttl: float, redis: Redis | None = None, max_tickets: int = 10_000) -> None:
+        self.ttl = ttl
+        self._redis = redis
+        self._max = max_tickets
+        self._tickets: OrderedDict[str, tuple[str, str | None, float]] = OrderedDict()
+
+    async def issue(self, principal: str, session_id: str | None = None) -> str:
+        ticket = secrets.token_urlsafe(32)
+        if self._redis is not None:
+            value = f"{principal}\n{session_id or ''}"
+            await self._redis.set(self._redis_key(ticket), value, px=int(self.ttl * 1000))
+            return ticket
+        now = time.monotonic()
+        while self._tickets:
+            oldest, (_, _, expires) = next(iter(self._tickets.items()))
+            if expires > now and len(self._tickets) < self._max:
+                break
+            del self._tickets[oldest]
+        self._tickets[ticket] = (principal, session_id, now + self.ttl)
+        return ticket
+
+    async def redeem(self, ticket: str, session_id: str) -> str:
+        """The ticket's principal; raises AuthError if unknown, used, expired or for another session."""
+        found: tuple[str, str | None] | None = None
+        if self._redis is not None:
+            raw = await self._redis.getdel(self._redis_key(ticket))
+            if raw is not None:
+                text = raw.decode() if isinstance(raw, bytes) else str(raw)
+                principal, _, bound = text.partition("\n")
+                found = (principal, bound or None)
+        else:
+            entry = self._tickets.pop(ticket, None)
+            if entry is not None and entry[2] > time.monotonic():
+                found = (entry[0], entry[1])
+        if found is None or (found[1] is not None and found[1] != session_id):
+            raise AuthError("The WebSocket ticket is invalid, expired or already used.")
+        return found[0]
+
+    @staticmethod
+    def _redis_key(ticket: str) -> str:
+        return f"aria:ws-ticket:{hash_key(ticket)}"
+
+
+class RateLimiter:
+    """Per-principal limits on requests and on LLM tokens, in fixed one-minute windows.
+
+    `hit(principal)` counts one request and raises RateLimited past the limit. `check_tokens` raises when
+    the principal already spent its token budget in the current window; `add_tokens` records a finished
+    turn's tokens. A limit of 0 disables that check. In memory, counters of past windows are dropped as
+    new windows start, so the map holds at most one entry per active principal.
+    """
+
+    def __init__(self, requests_per_minute: int, tokens_per_minute: int, redis: Redis | None = None) -> None:
+        self.requests_per_minute = requests_per_minute
+        self.tokens_per_minute = tokens_per_minute
+        self._redis = redis
+        self._counts: dict[tuple[str, str], tuple[int, int]] = {}  # (kind, principal) -> (window, n)
+        self._window = -1
+
+    @classmethod
+    def from_config(cls, config: EngineConfig, redis: Redis | None = None) -> RateLimiter:
+        return cls(config.rate_limit_requests_per_minute, config.rate_limit_tokens_per_minute, redis)
+
+    async def hit(self, principal: str) -> None:
+        if not self.requests_per_minute:
+            return
+        count = await self._add("req", principal, 1)
+        if count > self.requests_per_minute:
+            raise RateLimited(self._retry_after(), "Too many requests for this key; slow down.")
+
+    async def check_tokens(self, principal: str) -> None:
+        if not self.tokens_per_minute:
+            return
+        if await self._add("tok", principal, 0) >= self.tokens_per_minute:
+            raise RateLimited(self._retry_after(), "Token budget for this minute is spent; slow down.")
+
+    async def add_tokens(self, principal: str, tokens: int) -> None:
+        if self.tokens_per_minute and tokens > 0:
+            await self._add("tok", principal, tokens)
+
+    async def _add(self, kind: str, principal: str, amount: int) -> int:
+        window = int(time.time() // _WINDOW_SECONDS)
+        if self._redis is not None:
+            key = f"aria:rl:{kind}:{window}:{principal}"
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.incrby(key, amount)
+                pipe.expire(key, int(_WINDOW_SECONDS) * 2)
+                count, _ = await pipe.execute()
+            return int(count)
+        if window != self._window:
+            self._counts.clear()
+            self._window = window
+        _, previous = self._counts.get((kind, principal), (window, 0))
+        count = previous + amount
+        self._counts[(kind, principal)] = (window, count)
+        return count
+
+    @staticmethod
+    def _retry_after() -> float:
+        return max(1.0, _WINDOW_SECONDS - time.time() % _WINDOW_SECONDS)

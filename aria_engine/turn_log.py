@@ -1,0 +1,328 @@
+"""Turn event logs: every event of a running or recently finished turn, kept for resume and fan-out.
+
+The task running a turn appends each event once, already serialised, with its per-turn `seq`. Sockets
+`follow(turn_id, after_seq)`: they get every logged event after `after_seq` in order, exactly once, then
+the live ones, and the iteration ends after the turn's final (`done`) event. The log is also the channel for
+cancelling a turn that runs in another process (`request_cancel` / `on_cancel`).
+
+Two implementations behind one interface:
+- `MemoryTurnEventLog`: this process only. Bounded: a finished turn is kept `ttl` seconds, at most
+  `max_turns` turns and `max_events` events per turn are retained (older events of a huge turn are dropped;
+  a resume that needs them is refused rather than answered with a gap).
+- `RedisTurnEventLog` (when REDIS_URL is set): the same, plus a Redis stream per turn (`XADD` with the seq
+  as the entry id) that any replica can replay and follow, and a pub/sub channel for cancel signals. Local
+  followers still read from memory, so the hot path does not wait on Redis reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from abc import ABC, abstractmethod
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from aria_engine.exceptions import EngineError
+
+if TYPE_CHECKING:
+    from redis.asyncio import Redis
+
+__all__ = [
+    "CancelCallback",
+    "LoggedEvent",
+    "MemoryTurnEventLog",
+    "RedisTurnEventLog",
+    "TurnEventLog",
+    "TurnNotFound",
+]
+
+logger = logging.getLogger("aria.turn_log")
+
+CancelCallback = Callable[[str], None]  # receives the reason (cancelled | disconnected | ...)
+
+
+class TurnNotFound(EngineError):
+    code = "turn_not_found"
+    default_message = "That turn is unknown here or too old to resume."
+
+
+@dataclass(slots=True, frozen=True)
+class LoggedEvent:
+    seq: int
+    data: str  # the event's JSON text, serialised once
+    final: bool
+
+
+class TurnEventLog(ABC):
+    """The interface the StreamManager uses; see the module docstring."""
+
+    async def start(self) -> None:
+        """Start background work (the Redis cancel listener)."""
+        return None
+
+    async def aclose(self) -> None:
+        """Stop background work."""
+        return None
+
+    @abstractmethod
+    async def open_turn(self, turn_id: str, session_id: str) -> None: ...
+
+    @abstractmethod
+    async def append(self, turn_id: str, seq: int, data: str, *, final: bool) -> None: ...
+
+    @abstractmethod
+    async def session_of(self, turn_id: str) -> str | None:
+        """The session a logged turn belongs to, or None if it is unknown or expired."""
+
+    @abstractmethod
+    def follow(self, turn_id: str, after_seq: int) -> AsyncIterator[LoggedEvent]:
+        """Events after `after_seq`, then live ones until the final event. Raises TurnNotFound."""
+
+    @abstractmethod
+    def on_cancel(self, turn_id: str, callback: CancelCallback) -> Callable[[], None]:
+        """Register this process's handler for cancel requests of a turn; returns the unregister call."""
+
+    @abstractmethod
+    async def request_cancel(self, turn_id: str, reason: str) -> bool:
+        """Ask the process running the turn to cancel it. True if it was handled here."""
+
+
+@dataclass(slots=True)
+class _TurnRecord:
+    session_id: str
+    events: list[LoggedEvent] = field(default_factory=list)
+    finished_at: float | None = None
+    waiter: asyncio.Future[None] | None = None
+
+    def wake(self) -> None:
+        if self.waiter is not None and not self.waiter.done():
+            self.waiter.set_result(None)
+        self.waiter = None
+
+    async def wait(self) -> None:
+        if self.waiter is None:
+            self.waiter = asyncio.get_running_loop().create_future()
+        await asyncio.shield(self.waiter)
+
+
+class MemoryTurnEventLog(TurnEventLog):
+    """In-process log. See the module docstring for its bounds."""
+
+    def __init__(self, ttl: float = 300.0, max_turns: int = 1000, max_events: int = 50_000) -> None:
+        self.ttl = ttl
+        self.max_turns = max_turns
+        self.max_events = max_events
+        self._turns: OrderedDict[str, _TurnRecord] = OrderedDict()
+        self._cancel_handlers: dict[str, CancelCallback] = {}
+
+    def __contains__(self, turn_id: str) -> bool:
+        return turn_id in self._turns
+
+    async def open_turn(self, turn_id: str, session_id: str) -> None:
+        self._prune()
+        existing = self._turns.get(turn_id)
+        if existing is None or existing.finished_at is not None:
+            # A finished turn opened again is an idempotent replay: it is logged afresh from seq 1.
+            self._turns[turn_id] = _TurnRecord(session_id)
+
+    async def append(self, turn_id: str, seq: int, data: str, *, final: bool) -> None:
+        record = self._turns.get(turn_id)
+        if record is None:
+            return  # pruned while running: only possible past max_turns live turns
+        record.events.append(LoggedEvent(seq, data, final))
+        if len(record.events) > self.max_events:
+            # Drop the older half at once: amortised O(1) per event, unlike popping one at a time.
+            del record.events[: len(record.events) // 2]
+        if final:
+            record.finished_at = time.monotonic()
+        record.wake()
+
+    async def session_of(self, turn_id: str) -> str | None:
+        record = self._live_record(turn_id)
+        return record.session_id if record else None
+
+    async def follow(self, turn_id: str, after_seq: int) -> AsyncIterator[LoggedEvent]:
+        record = self._live_record(turn_id)
+        if record is None:
+            raise TurnNotFound()
+        next_seq = after_seq + 1
+        while True:
+            events = record.events
+            if events:
+                first = events[0].seq
+                if next_seq < first:
+                    raise TurnNotFound("The events to resume from are no longer kept; reload the session.")
+                for index in range(next_seq - first, len(events)):
+                    event = events[index]
+                    yield event
+                    if event.final:
+                        return
+                    next_seq = event.seq + 1
+                    if record.events is not events or events[0].seq != first:
+                        break  # trimmed while we yielded: recompute the index
+                else:
+                    if record.finished_at is not None:
+                        return
+                    await record.wait()
+                continue
+            if record.finished_at is not None:
+                return
+            await record.wait()
+
+    def on_cancel(self, turn_id: str, callback: CancelCallback) -> Callable[[], None]:
+        self._cancel_handlers[turn_id] = callback
+        return lambda: self._cancel_handlers.pop(turn_id, None)  # type: ignore[func-returns-value]
+
+    async def request_cancel(self, turn_id: str, reason: str) -> bool:
+        return self.cancel_local(turn_id, reason)
+
+    def cancel_local(self, turn_id: str, reason: str) -> bool:
+        handler = self._cancel_handlers.get(turn_id)
+        if handler is None:
+            return False
+        handler(reason)
+        return True
+
+    def _live_record(self, turn_id: str) -> _TurnRecord | None:
+        record = self._turns.get(turn_id)
+        if record is None or self._expired(record, time.monotonic()):
+            return None
+        return record
+
+    def _expired(self, record: _TurnRecord, now: float) -> bool:
+        return record.finished_at is not None and now - record.finished_at > self.ttl
+
+    def _prune(self) -> None:
+        now = time.monotonic()
+        for turn_id in [t for t, r in self._turns.items() if self._expired(r, now)]:
+            del self._turns[turn_id]
+        # Past the cap, drop the oldest finished turns; running turns are bounded by the running tasks.
+        excess = len(self._turns) - self.max_turns + 1
+        if excess > 0:
+            finished = [t for t, r in self._turns.items() if r.finished_at is not None][:excess]
+            for turn_id in finished:
+                del self._turns[turn_id]
+
+
+_CANCEL_CHANNEL = "aria:turn-cancel"
+
+
+class RedisTurnEventLog(TurnEventLog):
+    """Memory log for this process's turns, mirrored to Redis streams for every replica."""
+
+    def __init__(self, redis: Redis, ttl: float = 300.0, local: MemoryTurnEventLog | None = None) -> None:
+        self._redis = redis
+        self.ttl = ttl
+        self.local = local or MemoryTurnEventLog(ttl=ttl)
+        self._listener: asyncio.Task[None] | None = None
+        # Keys of a running turn outlive any plausible turn; they shrink to `ttl` once the turn finishes.
+        self._running_ttl = max(int(ttl), 6 * 3600)
+
+    async def start(self) -> None:
+        pubsub = self._redis.pubsub()
+        await pubsub.subscribe(_CANCEL_CHANNEL)
+        self._listener = asyncio.create_task(self._listen(pubsub), name="aria-turn-cancel-listener")
+
+    async def aclose(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+            self._listener = None
+
+    async def _listen(self, pubsub: object) -> None:
+        try:
+            async for message in pubsub.listen():  # type: ignore[attr-defined]
+                if message.get("type") != "message":
+                    continue
+                turn_id, _, reason = _text(message["data"]).partition(" ")
+                self.local.cancel_local(turn_id, reason)
+        finally:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()  # type: ignore[attr-defined]
+
+    @staticmethod
+    def _stream_key(turn_id: str) -> str:
+        return f"aria:turn:{turn_id}:events"
+
+    @staticmethod
+    def _meta_key(turn_id: str) -> str:
+        return f"aria:turn:{turn_id}:session"
+
+    async def open_turn(self, turn_id: str, session_id: str) -> None:
+        await self.local.open_turn(turn_id, session_id)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.delete(self._stream_key(turn_id))  # an idempotent replay is logged afresh from seq 1
+            pipe.set(self._meta_key(turn_id), session_id, ex=self._running_ttl)
+            await pipe.execute()
+
+    async def append(self, turn_id: str, seq: int, data: str, *, final: bool) -> None:
+        await self.local.append(turn_id, seq, data, final=final)
+        key = self._stream_key(turn_id)
+        async with self._redis.pipeline(transaction=False) as pipe:
+            # The seq is the entry id, so a replay can start right after any seq with one XRANGE.
+            pipe.xadd(
+                key,
+                {"d": data, "f": "1" if final else "0"},
+                id=f"{seq}-0",
+                maxlen=self.local.max_events,
+                approximate=True,
+            )
+            ttl = int(self.ttl) if final else self._running_ttl
+            pipe.expire(key, ttl)
+            if final:
+                pipe.expire(self._meta_key(turn_id), ttl)
+            await pipe.execute()
+
+    async def session_of(self, turn_id: str) -> str | None:
+        local = await self.local.session_of(turn_id)
+        if local is not None:
+            return local
+        raw = await self._redis.get(self._meta_key(turn_id))
+        return None if raw is None else _text(raw)
+
+    async def follow(self, turn_id: str, after_seq: int) -> AsyncIterator[LoggedEvent]:
+        if turn_id in self.local and await self.local.session_of(turn_id) is not None:
+            async for event in self.local.follow(turn_id, after_seq):
+                yield event
+            return
+        if await self._redis.exists(self._meta_key(turn_id)) == 0:
+            raise TurnNotFound()
+        key = self._stream_key(turn_id)
+        expected = after_seq + 1
+        entries = await self._redis.xrange(key, min=f"({after_seq}-0", max="+", count=1000)
+        while True:
+            if not entries:
+                # Block in slices so a turn whose keys expired cannot leave the reader waiting forever.
+                reply = await self._redis.xread({key: f"{expected - 1}-0"}, count=1000, block=5000)
+                entries = reply[0][1] if reply else []
+                if not entries and await self._redis.exists(self._meta_key(turn_id)) == 0:
+                    return
+                continue
+            for entry_id, fields in entries:
+                seq = int(_text(entry_id).split("-", 1)[0])
+                if seq != expected:
+                    raise TurnNotFound("The events to resume from are no longer kept; reload the session.")
+                final = _text(fields.get(b"f", fields.get("f", b"0"))) == "1"
+                yield LoggedEvent(seq, _text(fields.get(b"d", fields.get("d", b""))), final)
+                if final:
+                    return
+                expected = seq + 1
+            entries = await self._redis.xrange(key, min=f"({expected - 1}-0", max="+", count=1000)
+
+    def on_cancel(self, turn_id: str, callback: CancelCallback) -> Callable[[], None]:
+        return self.local.on_cancel(turn_id, callback)
+
+    async def request_cancel(self, turn_id: str, reason: str) -> bool:
+        if self.local.cancel_local(turn_id, reason):
+            return True
+        await self._redis.publish(_CANCEL_CHANNEL, f"{turn_id} {reason}")
+        return False
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
