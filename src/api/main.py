@@ -81,7 +81,7 @@ def create_app(config: EngineConfig | None = None) -> FastAPI:
 def uvicorn_options(config: EngineConfig) -> dict[str, Any]:
     """Server settings the protocol relies on: keepalive pings and the frame size limit (1009 above it)."""
     return {
-        "ws": "websockets",
+        "ws": "websockets-sansio",
         "ws_ping_interval": config.ws_ping_interval,
         "ws_ping_timeout": config.ws_ping_interval,
         # A little above the app's own limit, so the app answers oversized frames with a clean 1009.

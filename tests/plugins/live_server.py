@@ -1,0 +1,160 @@
+"""The real service on a real port: `create_app(config)` under uvicorn on port 0, in a background thread.
+
+    async def test_something(live_server):            # default config: the test's database + fake provider
+        async with live_server.client() as http:      # httpx.AsyncClient on the base URL
+            ...
+        async with live_server.websocket(session_id) as ws:
+            ...
+
+    def test_other(start_server, api_config):          # any config
+        server = start_server(api_config(keep_turn_on_disconnect=True))
+
+`api_config(**overrides)` builds an EngineConfig on the test's `database_url` and a models.yaml written
+next to it that points at the fake OpenAI-compatible provider (`llm_server`, a real HTTP server).
+Models: `fake-model` (priced 1 USD / 2 USD per 1M input / output tokens) and `fake-alt` (unpriced).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import uvicorn
+from websockets.asyncio.client import ClientConnection, connect
+
+from aria_engine.config import REPO_ROOT, EngineConfig
+from aria_engine.testing.fake_llm import FakeLLM
+
+API_DIR = REPO_ROOT / "src" / "api"
+if str(API_DIR) not in sys.path:
+    sys.path.insert(0, str(API_DIR))  # the app dir, as the seed lays it out (`from routers... import`)
+
+__all__ = ["LiveServer", "serve", "write_catalog"]
+
+_STARTUP_SECONDS = 60.0
+
+CATALOG = """\
+providers:
+  fake:
+    kind: openai
+    base_url: {base_url}
+models:
+  fake-model:
+    provider: fake
+    context_window: 32000
+    max_output_tokens: 1024
+    price: {{input: 1.0, output: 2.0}}
+  fake-alt:
+    provider: fake
+    context_window: 32000
+    max_output_tokens: 1024
+"""
+
+
+def write_catalog(path: Path, base_url: str) -> Path:
+    path.write_text(CATALOG.format(base_url=base_url), encoding="utf-8")
+    return path
+
+
+@dataclass
+class LiveServer:
+    base_url: str
+    app: Any
+
+    @property
+    def ws_base(self) -> str:
+        return "ws" + self.base_url.removeprefix("http")
+
+    def client(self, key: str | None = None, **kwargs: Any) -> httpx.AsyncClient:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        return httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=60, **kwargs)
+
+    @contextlib.asynccontextmanager
+    async def websocket(
+        self, session_id: str, *, key: str | None = None, query: str = "", **kwargs: Any
+    ) -> AsyncIterator[ClientConnection]:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        url = f"{self.ws_base}/ws/chat/{session_id}" + (f"?{query}" if query else "")
+        async with connect(url, additional_headers=headers, open_timeout=30, **kwargs) as ws:
+            yield ws
+
+
+@contextlib.contextmanager
+def serve(config: EngineConfig) -> Iterator[LiveServer]:
+    """Run `create_app(config)` with the settings production uses; stop it (lifespan shutdown) at exit."""
+    from main import create_app, uvicorn_options
+
+    app = create_app(config)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=30, **uvicorn_options(config))
+    )
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True, name="live-server")
+    thread.start()
+    deadline = time.monotonic() + _STARTUP_SECONDS
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            server.should_exit = True
+            thread.join(10)
+            sock.close()
+            raise RuntimeError("the app did not start (see the log above)")
+        time.sleep(0.02)
+    try:
+        yield LiveServer(f"http://127.0.0.1:{port}", app)
+    finally:
+        server.should_exit = True
+        thread.join(60)
+        sock.close()
+
+
+@pytest.fixture
+def llm_server() -> Iterator[FakeLLM]:
+    with FakeLLM() as fake:
+        yield fake
+
+
+@pytest.fixture
+def api_config(database_url: str, llm_server: FakeLLM, tmp_path: Path) -> Callable[..., EngineConfig]:
+    catalog = write_catalog(tmp_path / "models.yaml", llm_server.base_url)
+
+    def build(**overrides: Any) -> EngineConfig:
+        values: dict[str, Any] = {
+            "database_url": database_url,
+            "models_path": catalog,
+            "data_dir": tmp_path / "data",
+            "auto_migrate": False,  # the fixtures migrate once per run
+            "llm_max_retries": 0,
+        }
+        values.update(overrides)
+        return EngineConfig(**values)
+
+    return build
+
+
+@pytest.fixture
+def start_server() -> Iterator[Callable[[EngineConfig], LiveServer]]:
+    with contextlib.ExitStack() as stack:
+
+        def start(config: EngineConfig) -> LiveServer:
+            return stack.enter_context(serve(config))
+
+        yield start
+
+
+@pytest.fixture
+def live_server(
+    start_server: Callable[[EngineConfig], LiveServer], api_config: Callable[..., EngineConfig]
+) -> LiveServer:
+    return start_server(api_config())
