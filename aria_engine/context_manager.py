@@ -2,9 +2,9 @@
 
 Two parts:
 - `build` reads the rows it needs and nothing more: the newest `context_window` rows of the session
-  (`ORDER BY seq DESC LIMIT n`, served by the (session_id, seq) unique index) and, when that window does
-  not reach back to it, the session's first user message (one more indexed query). Two statements at
-  most, whatever the length of the history; the `thinking` column is never read.
+  (`ORDER BY seq DESC LIMIT n`, served by the (session_id, seq) unique index) and the session's first
+  user message, in one `UNION ALL` statement whatever the length of the history. The `thinking` column
+  is never read.
 - `fit` is the pure core, property-tested: given the system message, the rows (oldest first) and a token
   budget, it returns OpenAI chat messages that are within the budget and well-formed.
 
@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from sqlalchemy import select
+from sqlalchemy import select, union_all
 
 from aria_engine.db.models import ChatMessage
 from aria_engine.exceptions import PayloadTooLarge
@@ -144,7 +144,7 @@ class ContextManager:
         budget_tokens: int,
         system_prompt: str,
     ) -> list[dict[str, Any]]:
-        """System message first, then the kept history oldest to newest. Two SQL statements at most."""
+        """System message first, then the kept history oldest to newest. One SQL statement."""
         rows = await self.read_rows(db, session_id=session_id, context_window=context_window)
 
         def count(text: str) -> int:
@@ -154,28 +154,29 @@ class ContextManager:
 
     @staticmethod
     async def read_rows(db: AsyncSession, *, session_id: uuid.UUID, context_window: int) -> list[MessageView]:
-        """The newest `context_window` rows, oldest first, preceded by the first user row if older."""
+        """The newest `context_window` rows and the first user row, oldest first: one statement.
+
+        One statement whatever the history holds (so a turn's SQL count does not depend on it): the two
+        reads are `UNION ALL`ed, each an index range scan on (session_id, seq) with its own LIMIT.
+        """
         limit = min(max(1, context_window), MAX_CONTEXT_MESSAGES)
-        newest = await db.execute(
+        newest = (
             select(*_COLUMNS)
             .where(ChatMessage.session_id == session_id)
             .order_by(ChatMessage.seq.desc())
             .limit(limit)
+            .subquery()
         )
-        rows = [MessageView.from_row(row) for row in newest]
-        rows.reverse()
-        if len(rows) < limit or rows[0].seq <= 1:
-            return rows  # the window reaches back to the start: the first user row, if any, is in it
-        first = await db.execute(
+        first_user = (
             select(*_COLUMNS)
             .where(ChatMessage.session_id == session_id, ChatMessage.role == "user")
             .order_by(ChatMessage.seq)
             .limit(1)
+            .subquery()
         )
-        row = first.first()
-        if row is not None and row.seq < rows[0].seq:
-            rows.insert(0, MessageView.from_row(row))
-        return rows
+        result = await db.execute(union_all(select(newest), select(first_user)))
+        by_seq = {row.seq: row for row in result}  # the first user row may also be in the window
+        return [MessageView.from_row(by_seq[seq]) for seq in sorted(by_seq)]
 
     @staticmethod
     def fit(
