@@ -1,0 +1,256 @@
+"""The `openai` adapter: any OpenAI-compatible chat-completions server, read with a lean httpx SSE reader.
+
+One `httpx.AsyncClient` per provider (built once, closed by `aclose`). Every call streams with
+`stream_options.include_usage`; the SSE lines are decoded with orjson into normalized chunks:
+
+- `reasoning_content` / `reasoning` deltas become `ThinkingDelta`; inline `<think>...</think>` in content
+  is split out by `ThinkTagSplitter`, also when a tag is cut across chunks;
+- tool-call fragments become `ToolCallDelta` (assembled by index downstream);
+- the usage report becomes one `UsageChunk`, and the stream always ends with one `FinishChunk`.
+
+Why not the openai SDK: `bench/bench_sdk_vs_httpx.py` measures the per-chunk cost of both; the SDK builds
+Pydantic objects for every chunk, this reader does one `orjson.loads`. Only `connect` is an httpx timeout
+here: first-token, idle and total deadlines are enforced by the gateway for every adapter alike.
+
+httpx errors never leave this module: they become `ProviderTimeout`, `ProviderUnavailable` or
+`ProviderRejected` (`raise ... from exc`, so the cause reaches the log but never a client). Closing the
+iterator leaves the `async with` and closes the HTTP response, which drops the upstream connection.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import httpx
+import orjson
+
+from aria_engine.exceptions import LLMError, ProviderRejected, ProviderTimeout, ProviderUnavailable
+from aria_engine.providers.base import (
+    Chunk,
+    ContentDelta,
+    FinishChunk,
+    LLMRequest,
+    ThinkingDelta,
+    ToolCallDelta,
+    UsageChunk,
+)
+
+__all__ = ["OpenAICompatibleProvider", "ThinkTagSplitter", "status_error"]
+
+logger = logging.getLogger("aria.providers.openai")
+
+_OPEN, _CLOSE = "<think>", "</think>"
+_FINISH = {"stop": "stop", "length": "length", "tool_calls": "tool_calls", "function_call": "tool_calls"}
+_RETRYABLE_STATUS = {408, 409, 425, 429}
+_MAX_ERROR_BODY = 4096
+
+
+class ThinkTagSplitter:
+    """Splits inline `<think>...</think>` out of streamed content with constant work per chunk.
+
+    Only the tail that could be the start of a tag (at most len("</think>") - 1 characters) is held back
+    between chunks, so a tag split as "<thi" + "nk>" is still recognised.
+    """
+
+    __slots__ = ("_held", "_inside")
+
+    def __init__(self) -> None:
+        self._inside = False
+        self._held = ""
+
+    def feed(self, text: str) -> Iterator[ContentDelta | ThinkingDelta]:
+        text = self._held + text
+        self._held = ""
+        while text:
+            tag = _CLOSE if self._inside else _OPEN
+            at = text.find(tag)
+            if at >= 0:
+                if at:
+                    yield self._piece(text[:at])
+                self._inside = not self._inside
+                text = text[at + len(tag) :]
+                continue
+            keep = _partial_tag_suffix(text, tag)
+            if keep:
+                self._held = text[-keep:]
+                text = text[:-keep]
+            if text:
+                yield self._piece(text)
+            return
+
+    def flush(self) -> Iterator[ContentDelta | ThinkingDelta]:
+        if self._held:
+            yield self._piece(self._held)
+            self._held = ""
+
+    def _piece(self, text: str) -> ContentDelta | ThinkingDelta:
+        return ThinkingDelta(text) if self._inside else ContentDelta(text)
+
+
+def _partial_tag_suffix(text: str, tag: str) -> int:
+    """Length of the longest suffix of `text` that is a proper prefix of `tag`."""
+    for size in range(min(len(tag) - 1, len(text)), 0, -1):
+        if text.endswith(tag[:size]):
+            return size
+    return 0
+
+
+def status_error(status: int, retry_after: str | None = None) -> LLMError:
+    """The engine error for an upstream HTTP status. 5xx and 408/409/425/429 are worth retrying."""
+    if status >= 500 or status in _RETRYABLE_STATUS:
+        error = ProviderUnavailable(f"The model provider answered with an error (HTTP {status}).")
+        if retry_after:
+            try:
+                error.retry_after = max(0.0, float(retry_after))
+            except ValueError:
+                error.retry_after = None
+        return error
+    return ProviderRejected(status, f"The model provider rejected the request (HTTP {status}).")
+
+
+class OpenAICompatibleProvider:
+    """An OpenAI-compatible endpoint.
+
+    Args:
+        name: the catalog's provider id.
+        base_url: e.g. "https://api.openai.com/v1" or "http://127.0.0.1:11434/v1".
+        api_key: sent as a Bearer token when given (read from the environment by the caller).
+        headers: extra headers (e.g. OpenRouter's HTTP-Referer).
+        connect_timeout: seconds to open the connection and send the request.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        base_url: str,
+        *,
+        api_key: str | None = None,
+        headers: dict[str, str] | None = None,
+        connect_timeout: float = 10.0,
+        max_connections: int = 100,
+    ) -> None:
+        self.name = name
+        all_headers = {"Accept": "text/event-stream", "Content-Type": "application/json", **(headers or {})}
+        if api_key:
+            all_headers["Authorization"] = f"Bearer {api_key}"
+        # read=None: first-token/idle/total deadlines are the gateway's, enforced the same for all adapters.
+        timeout = httpx.Timeout(
+            connect=connect_timeout, read=None, write=connect_timeout, pool=connect_timeout
+        )
+        self._client = httpx.AsyncClient(
+            base_url=base_url.rstrip("/") + "/",
+            headers=all_headers,
+            timeout=timeout,
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=20),
+        )
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    def body(self, request: LLMRequest) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "model": request.model,
+            "messages": request.messages,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+        body.update(request.params)  # catalog defaults and thinking switches; caller values below win
+        if request.tools:
+            body["tools"] = request.tools
+        if request.temperature is not None:
+            body["temperature"] = request.temperature
+        if request.max_tokens is not None:
+            body["max_tokens"] = request.max_tokens
+        return body
+
+    async def stream(self, request: LLMRequest) -> AsyncIterator[Chunk]:
+        content = orjson.dumps(self.body(request))
+        try:
+            async with self._client.stream("POST", "chat/completions", content=content) as response:
+                if response.status_code >= 400:
+                    await _read_error_body(response)
+                    raise status_error(response.status_code, response.headers.get("retry-after"))
+                async for chunk in _decode(response):
+                    yield chunk
+        except httpx.ConnectTimeout as exc:
+            raise ProviderTimeout("connect") from exc
+        except httpx.TimeoutException as exc:
+            raise ProviderTimeout("idle") from exc
+        except (httpx.TransportError, httpx.StreamError) as exc:
+            # Connection refused, reset, or closed before the stream ended (incomplete chunked body).
+            raise ProviderUnavailable("The connection to the model provider failed.") from exc
+
+
+async def _read_error_body(response: httpx.Response) -> None:
+    """Log a bounded part of an error body: useful to operators, never shown to clients."""
+    received = bytearray()
+    async for part in response.aiter_bytes():
+        received += part
+        if len(received) >= _MAX_ERROR_BODY:
+            break
+    logger.warning("provider HTTP %s: %s", response.status_code, bytes(received[:_MAX_ERROR_BODY]))
+
+
+async def _decode(response: httpx.Response) -> AsyncIterator[Chunk]:
+    """SSE lines -> chunks. Usage and finish are held back so the stream ends usage, then finish."""
+    splitter = ThinkTagSplitter()
+    usage: UsageChunk | None = None
+    finish = "stop"
+    async for line in response.aiter_lines():
+        if not line.startswith("data:"):
+            continue  # blank separators, `event:` lines and `: keep-alive` comments
+        data = line[5:].strip()
+        if data == "[DONE]":
+            break
+        try:
+            payload = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise ProviderUnavailable("The model provider sent an invalid response.") from exc
+        if not isinstance(payload, dict):
+            raise ProviderUnavailable("The model provider sent an invalid response.")
+        if payload.get("error"):
+            logger.warning("provider stream error: %s", str(payload["error"])[:_MAX_ERROR_BODY])
+            raise ProviderUnavailable("The model provider failed while answering.")
+        if payload.get("usage"):
+            usage = _usage(payload["usage"])
+        for choice in payload.get("choices") or ():
+            delta = choice.get("delta") or {}
+            for chunk in _delta_chunks(delta, splitter):
+                yield chunk
+            if choice.get("finish_reason"):
+                finish = _FINISH.get(choice["finish_reason"], "stop")
+    for chunk in splitter.flush():
+        yield chunk
+    if usage is not None:
+        yield usage
+    yield FinishChunk(finish)
+
+
+def _delta_chunks(delta: dict[str, Any], splitter: ThinkTagSplitter) -> Iterator[Chunk]:
+    thinking = delta.get("reasoning_content") or delta.get("reasoning")
+    if thinking and isinstance(thinking, str):
+        yield ThinkingDelta(thinking)
+    text = delta.get("content")
+    if text and isinstance(text, str):
+        yield from splitter.feed(text)
+    for call in delta.get("tool_calls") or ():
+        function = call.get("function") or {}
+        yield ToolCallDelta(
+            index=int(call.get("index") or 0),
+            id=call.get("id") or None,
+            name=function.get("name") or None,
+            arguments=function.get("arguments") or "",
+        )
+
+
+def _usage(raw: dict[str, Any]) -> UsageChunk:
+    completion_details = raw.get("completion_tokens_details") or {}
+    prompt_details = raw.get("prompt_tokens_details") or {}
+    return UsageChunk(
+        input_tokens=int(raw.get("prompt_tokens") or 0),
+        output_tokens=int(raw.get("completion_tokens") or 0),
+        reasoning_tokens=int(completion_details.get("reasoning_tokens") or 0),
+        cached_input_tokens=int(prompt_details.get("cached_tokens") or 0),
+    )
