@@ -237,6 +237,8 @@ class ChatClient:
     async def _reconnect(self) -> ClientConnection:
         """Reconnect with backoff after a drop, then pick the in-flight turn up where it was."""
         self._ws = None
+        if self._turn is not None:
+            self._end_line(self._turn)
         last: ClientError | None = None
         for delay in RECONNECT_DELAYS:
             self._info(f"[connection lost, reconnecting in {delay:g}s]")
