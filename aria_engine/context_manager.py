@@ -2,9 +2,9 @@
 
 Two parts:
 - `build` reads the rows it needs and nothing more: the newest `context_window` rows of the session
-  (`ORDER BY seq DESC LIMIT n`, served by the (session_id, seq) unique index) and the session's first
-  user message, in one `UNION ALL` statement whatever the length of the history. The `thinking` column
-  is never read.
+  (`ORDER BY seq DESC LIMIT n`, served by the (session_id, seq) unique index), the first user message
+  and the current turn, in one `UNION ALL` statement whatever the length of the history. The `thinking`
+  column is never read.
 - `fit` is the pure core, property-tested: given the system message, the rows (oldest first) and a token
   budget, it returns OpenAI chat messages that are within the budget and well-formed.
 
@@ -13,7 +13,7 @@ Rules `fit` keeps, in priority order:
    `PayloadTooLarge` is raised (the user's text is never silently cut: the client is told to shorten it);
 2. the messages after the newest user message (this turn's tool rounds), newest first;
 3. the first user message (it often sets the task or identity), when it fits;
-4. the rest of the history, newest first, stopping at the first unit that does not fit (no gaps).
+4. the rest of the history, newest first, stopping at the first unit that does not fit.
 
 An assistant message with `tool_calls` and its tool results form one unit: kept together or dropped
 together. A unit whose results are incomplete, and a tool message whose call is not in view, are dropped,
@@ -154,28 +154,29 @@ class ContextManager:
 
     @staticmethod
     async def read_rows(db: AsyncSession, *, session_id: uuid.UUID, context_window: int) -> list[MessageView]:
-        """The newest `context_window` rows and the first user row, oldest first: one statement.
+        """The rows a context can use, oldest first, in one statement whatever the history holds.
 
-        One statement whatever the history holds (so a turn's SQL count does not depend on it): the two
-        reads are `UNION ALL`ed, each an index range scan on (session_id, seq) with its own LIMIT.
+        Three index range scans on (session_id, seq), each with its own LIMIT, `UNION ALL`ed (one
+        statement, so a turn's SQL count never depends on the history): the newest `context_window` rows,
+        the first user row, and the current turn (the newest user row and everything after it, so a
+        small window cannot push this turn's question out from under its own tool rounds).
         """
         limit = min(max(1, context_window), MAX_CONTEXT_MESSAGES)
-        newest = (
+        in_session = ChatMessage.session_id == session_id
+        is_user = ChatMessage.role == "user"
+        newest = select(*_COLUMNS).where(in_session).order_by(ChatMessage.seq.desc()).limit(limit)
+        first_user = select(*_COLUMNS).where(in_session, is_user).order_by(ChatMessage.seq).limit(1)
+        newest_user_seq = (
+            select(ChatMessage.seq).where(in_session, is_user).order_by(ChatMessage.seq.desc()).limit(1)
+        ).scalar_subquery()
+        this_turn = (
             select(*_COLUMNS)
-            .where(ChatMessage.session_id == session_id)
-            .order_by(ChatMessage.seq.desc())
-            .limit(limit)
-            .subquery()
-        )
-        first_user = (
-            select(*_COLUMNS)
-            .where(ChatMessage.session_id == session_id, ChatMessage.role == "user")
+            .where(in_session, ChatMessage.seq >= newest_user_seq)
             .order_by(ChatMessage.seq)
-            .limit(1)
-            .subquery()
+            .limit(MAX_CONTEXT_MESSAGES)
         )
-        result = await db.execute(union_all(select(newest), select(first_user)))
-        by_seq = {row.seq: row for row in result}  # the first user row may also be in the window
+        parts = [select(part.subquery()) for part in (newest, first_user, this_turn)]
+        by_seq = {row.seq: row for row in await db.execute(union_all(*parts))}  # the parts overlap
         return [MessageView.from_row(by_seq[seq]) for seq in sorted(by_seq)]
 
     @staticmethod
@@ -206,15 +207,34 @@ def _to_message(row: MessageView) -> dict[str, Any] | None:
             return None
         return {"role": "tool", "tool_call_id": row.tool_call_id, "content": row.content}
     if row.role == "assistant" and row.tool_calls:
-        return {"role": "assistant", "content": row.content, "tool_calls": row.tool_calls}
+        # An unusable call list ([] here) makes the unit, and so its results, drop out in `_units`.
+        return {"role": "assistant", "content": row.content, "tool_calls": _normalize_calls(row.tool_calls)}
     if row.role in ("user", "assistant", "system"):
         return {"role": row.role, "content": row.content}
     return None
 
 
-def _call_ids(message: dict[str, Any]) -> list[str]:
-    ids = [call.get("id") for call in message["tool_calls"] if isinstance(call, dict)]
-    return [i for i in ids if isinstance(i, str) and i]
+def _normalize_calls(raw: object) -> list[dict[str, Any]]:
+    """Stored calls in the exact OpenAI shape (imports may lack `type` or hold arguments as objects).
+
+    Returns [] when any call lacks an id or a function name, or when ids repeat: such a message cannot
+    be replayed without the provider rejecting the request.
+    """
+    calls: list[dict[str, Any]] = []
+    for item in raw if isinstance(raw, list) else ():
+        function = item.get("function") if isinstance(item, dict) else None
+        call_id = item.get("id") if isinstance(item, dict) else None
+        if not (isinstance(call_id, str) and call_id and isinstance(function, dict)):
+            return []
+        name, arguments = function.get("name"), function.get("arguments", "")
+        if not isinstance(name, str) or not name:
+            return []
+        if not isinstance(arguments, str):
+            arguments = orjson.dumps(arguments).decode()
+        calls.append({"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}})
+    if len({call["id"] for call in calls}) != len(calls):
+        return []
+    return calls
 
 
 def _units(rows: Sequence[MessageView]) -> list[_Unit]:
@@ -237,9 +257,9 @@ def _units(rows: Sequence[MessageView]) -> list[_Unit]:
         # Any other message closes an open group; if results are still missing, the group is dropped.
         pending, waiting = None, set()
         if "tool_calls" in message:
-            ids = _call_ids(message)
-            if ids and len(set(ids)) == len(ids) == len(message["tool_calls"]):
-                pending, waiting = _Unit(len(units), [message]), set(ids)
+            if message["tool_calls"]:
+                pending = _Unit(len(units), [message])
+                waiting = {call["id"] for call in message["tool_calls"]}
             continue
         units.append(_Unit(len(units), [message], is_user=message["role"] == "user"))
     return units

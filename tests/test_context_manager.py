@@ -121,6 +121,35 @@ def test_incomplete_groups_and_orphan_results_are_dropped() -> None:
     ]
 
 
+def test_stored_tool_calls_are_replayed_in_the_exact_openai_shape() -> None:
+    loose = {"id": "c1", "function": {"name": "calculate", "arguments": {"expression": "1+1"}}}
+    nameless = {"id": "c2", "type": "function", "function": {"arguments": "{}"}}
+    rows = [
+        user(1),
+        MessageView(2, "assistant", "", tool_calls=[loose]),
+        result(3, "c1", "2"),
+        MessageView(4, "assistant", "", tool_calls=[nameless]),
+        result(5, "c2"),
+        user(6),
+    ]
+    assert fit(rows)[1:] == [
+        {"role": "user", "content": "user 1"},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [
+                {
+                    "id": "c1",
+                    "type": "function",
+                    "function": {"name": "calculate", "arguments": '{"expression":"1+1"}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "c1", "content": "2"},
+        {"role": "user", "content": "user 6"},
+    ]
+
+
 def test_message_tokens_counts_overhead_content_calls_and_ids() -> None:
     message = {"role": "assistant", "content": "abcdefgh", "tool_calls": [call("c1")]}
     assert message_tokens(message, chars) == MESSAGE_OVERHEAD_TOKENS + 2 + chars(
@@ -395,6 +424,24 @@ async def test_build_replays_tool_turns_well_formed(db_factory: async_sessionmak
         {"role": "user", "content": "and 3+3?"},
         {"role": "user", "content": "hello?"},
     ]
+
+
+async def test_build_keeps_the_current_turn_even_beyond_a_small_window(
+    db_factory: async_sessionmaker[AsyncSession], statements: list[str]
+) -> None:
+    rows = [*conversation(6), {"role": "user", "content": "what is 2+2 and 3+3?"}]
+    rows.append({"role": "assistant", "content": "", "tool_calls": [call("a"), call("b")]})
+    rows.append({"role": "tool", "content": "4", "tool_call_id": "a", "tool_name": "calculate"})
+    rows.append({"role": "tool", "content": "6", "tool_call_id": "b", "tool_name": "calculate"})
+    async with db_factory() as db:
+        session_id = await make_session(db, rows)
+    statements.clear()
+    messages = await build(db_factory, session_id, context_window=2)
+    assert len(statements) == 1
+    assert [m["role"] for m in messages] == ["system", "user", "user", "assistant", "tool", "tool"]
+    assert messages[1]["content"] == "question 1"
+    assert messages[2]["content"] == "what is 2+2 and 3+3?"
+    assert [m["content"] for m in messages[4:]] == ["4", "6"]
 
 
 async def test_build_respects_the_token_budget(db_factory: async_sessionmaker[AsyncSession]) -> None:
