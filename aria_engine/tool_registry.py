@@ -218,12 +218,14 @@ class ToolRegistry:
                     value = await anyio.to_thread.run_sync(
                         partial(tool.handler, **kwargs), abandon_on_cancel=True, limiter=self._sync_limiter
                     )
+                if inspect.isawaitable(value):  # a plain function that returned a coroutine
+                    value = await value
         except ToolError as exc:
             return _failure(f"Error: {exc.message}")
         except Exception:
             logger.exception("tool %r failed", tool.name)
             return _failure(f"Error: the tool {tool.name} failed.")
-        if scope.cancelled_caught:
+        if scope.cancel_called:  # past the deadline, even if the handler swallowed the cancellation
             logger.warning("tool %r timed out after %.1fs", tool.name, timeout)
             return _failure(f"Error: the tool {tool.name} timed out after {timeout:g} seconds.")
         text = _to_text(value)

@@ -161,6 +161,53 @@ async def test_async_handler_is_really_cancelled_on_timeout() -> None:
     assert outcome == ["cancelled"]
 
 
+async def test_handler_that_swallows_the_cancellation_still_times_out() -> None:
+    registry = make_registry()
+
+    async def stubborn() -> str:
+        try:
+            await anyio.sleep(3600)
+        except anyio.get_cancelled_exc_class():
+            return "I refuse to stop"
+        return "never"
+
+    registry.register(tool("stubborn", stubborn, timeout=0.05))
+    result = await registry.execute("stubborn", "{}", agent_id="main")
+    assert result == ToolResult("Error: the tool stubborn timed out after 0.05 seconds.", False)
+
+
+async def test_plain_function_returning_a_coroutine_is_awaited() -> None:
+    registry = make_registry()
+
+    async def answer() -> str:
+        return "42"
+
+    registry.register(tool("indirect", lambda: answer()))
+    assert await registry.execute("indirect", "{}", agent_id="main") == ToolResult("42", True)
+
+
+async def test_caller_cancellation_propagates_out_of_execute() -> None:
+    registry = make_registry(tool_timeout=60)
+    started = anyio.Event()
+
+    async def slow() -> str:
+        started.set()
+        await anyio.sleep(3600)
+        return "never"
+
+    registry.register(tool("slow", slow))
+    outcome: list[ToolResult] = []
+    async with anyio.create_task_group() as group:
+
+        async def run() -> None:
+            outcome.append(await registry.execute("slow", "{}", agent_id="main"))
+
+        group.start_soon(run)
+        await started.wait()
+        group.cancel_scope.cancel()  # the turn was cancelled: no result is made up for it
+    assert outcome == []
+
+
 async def test_config_tool_timeout_caps_a_tool_timeout() -> None:
     registry = make_registry(tool_timeout=0.05)
 
