@@ -15,6 +15,7 @@ a small ASGI app served by uvicorn in a background thread.
         fake.request_headers   # their headers (lower-case names)
         fake.disconnects       # streams the client closed before the end
         fake.wait_for_disconnects(1)   # block (bounded) until the server has seen it
+        fake.wait_for_requests(2)      # block (bounded) until two requests have arrived
         fake.reset()           # empty queues, logs and counters
 
     path = write_fake_catalog(tmp_path / "models.yaml", fake.base_url)   # or fixture `fake_catalog_path`
@@ -331,6 +332,11 @@ class FakeLLM:
         with self._lock:
             return len(self._queue) + sum(len(q) for q in self._model_queues.values())
 
+    def wait_for_requests(self, count: int = 1, timeout: float = 10.0) -> bool:
+        """Wait until the server has received `count` requests; False if it did not in `timeout`."""
+        with self._changed:
+            return self._changed.wait_for(lambda: len(self.requests) >= count, timeout)
+
     def wait_for_disconnects(self, count: int = 1, timeout: float = 10.0) -> bool:
         """Wait until the server has seen `count` client disconnects; False if it did not in `timeout`."""
         with self._changed:
@@ -425,6 +431,7 @@ class FakeLLM:
         with self._lock:
             self.requests.append(body)
             self.request_headers.append(headers)
+            self._changed.notify_all()
             queue = self._model_queues.get(str(body.get("model")))
             if queue:
                 return queue.popleft()
@@ -507,7 +514,7 @@ class FakeLLM:
         for index, event in enumerate(events):
             if index == cut:
                 if isinstance(script, Stall):
-                    yield script.seconds
+                    yield float(script.seconds)
                 elif isinstance(script, Drop):
                     yield _DropConnection
                     return
@@ -515,7 +522,7 @@ class FakeLLM:
                     yield b"data: " + script.data.encode() + b"\n\n"
                     return
             if reply.delay:
-                yield reply.delay
+                yield float(reply.delay)
             yield event
         if include_usage and not reply.omit_usage:
             usage = _usage(reply, body, rendered.completion, rendered.reasoning)
