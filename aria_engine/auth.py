@@ -6,7 +6,7 @@
   open mode on a non-loopback address unless `allow_anonymous` is set (see `check_bind_allowed`).
 - WebSocket tickets let a browser open the socket without putting the key in a URL: a ticket is random,
   single use and expires after `ws_ticket_ttl` seconds.
-- Rate limits count requests and tokens per principal in fixed one-minute windows.
+- Rate limits count requests and tokens per principal per minute (token buckets, see `RateLimiter`).
 
 Tickets and rate-limit counters live in process memory (bounded, expired entries pruned), or in Redis when
 the service runs as several replicas, so every replica sees the same counts and a ticket can be redeemed
@@ -54,7 +54,6 @@ __all__ = [
 OPEN_PRINCIPAL = "local"
 KEY_PREFIX = "aria_"
 _SHOWN_PREFIX_CHARS = 12
-_WINDOW_SECONDS = 60.0
 
 
 def generate_key() -> str:
@@ -239,21 +238,52 @@ class TicketStore:
         return f"aria:ws-ticket:{hash_key(ticket)}"
 
 
-class RateLimiter:
-    """Per-principal limits on requests and on LLM tokens, in fixed one-minute windows.
+_GCRA_SCRIPT = """
+local now = tonumber(ARGV[1])
+local increment = tonumber(ARGV[2])
+local window = tonumber(ARGV[3])
+local commit = ARGV[4] == '1'
+local force = ARGV[5] == '1'
+local tat = tonumber(redis.call('GET', KEYS[1]) or ARGV[1])
+if tat < now then tat = now end
+local new_tat = tat + increment
+local wait = new_tat - now - window
+if wait > 0 and not force then return tostring(wait) end
+if commit then
+  redis.call('SET', KEYS[1], tostring(new_tat), 'PX', math.ceil((new_tat - now) * 1000) + 1000)
+end
+return '0'
+"""
 
-    `hit(principal)` counts one request and raises RateLimited past the limit. `check_tokens` raises when
-    the principal already spent its token budget in the current window; `add_tokens` records a finished
-    turn's tokens. A limit of 0 disables that check. In memory, counters of past windows are dropped as
-    new windows start, so the map holds at most one entry per active principal.
+
+class RateLimiter:
+    """Per-principal limits on requests and on LLM tokens per minute, as token buckets (GCRA).
+
+    Each principal has a bucket of `limit` units that refills continuously over a minute, so a burst of
+    `limit` is allowed and then one unit every 60/limit seconds; there is no window edge at which a
+    client could double its rate. `hit(principal)` spends one request and raises RateLimited (with the
+    seconds to wait) when the bucket is empty. Tokens are known only after a turn: `check_tokens` refuses
+    a new turn while the token bucket is empty, `add_tokens` spends what a finished turn used (it may go
+    into debt, which later turns wait out). A limit of 0 disables that check.
+
+    State is one number per (kind, principal): the time the bucket will be full again. In memory, full
+    buckets are dropped when the map grows; with Redis the key expires when the bucket is full.
     """
 
-    def __init__(self, requests_per_minute: int, tokens_per_minute: int, redis: Redis | None = None) -> None:
+    WINDOW = 60.0
+
+    def __init__(
+        self,
+        requests_per_minute: int,
+        tokens_per_minute: int,
+        redis: Redis | None = None,
+        max_entries: int = 10_000,
+    ) -> None:
         self.requests_per_minute = requests_per_minute
         self.tokens_per_minute = tokens_per_minute
         self._redis = redis
-        self._counts: dict[tuple[str, str], tuple[int, int]] = {}  # (kind, principal) -> (window, n)
-        self._window = -1
+        self._max = max_entries
+        self._full_at: dict[tuple[str, str], float] = {}
 
     @classmethod
     def from_config(cls, config: EngineConfig, redis: Redis | None = None) -> RateLimiter:
@@ -262,37 +292,54 @@ class RateLimiter:
     async def hit(self, principal: str) -> None:
         if not self.requests_per_minute:
             return
-        count = await self._add("req", principal, 1)
-        if count > self.requests_per_minute:
-            raise RateLimited(self._retry_after(), "Too many requests for this key; slow down.")
+        interval = self.WINDOW / self.requests_per_minute
+        wait = await self._spend("req", principal, interval, commit=True, force=False)
+        if wait > 0:
+            raise RateLimited(wait, "Too many requests for this key; slow down.")
 
     async def check_tokens(self, principal: str) -> None:
         if not self.tokens_per_minute:
             return
-        if await self._add("tok", principal, 0) >= self.tokens_per_minute:
-            raise RateLimited(self._retry_after(), "Token budget for this minute is spent; slow down.")
+        interval = self.WINDOW / self.tokens_per_minute
+        wait = await self._spend("tok", principal, interval, commit=False, force=False)
+        if wait > 0:
+            raise RateLimited(wait, "The token budget of this key is spent for now; slow down.")
 
     async def add_tokens(self, principal: str, tokens: int) -> None:
         if self.tokens_per_minute and tokens > 0:
-            await self._add("tok", principal, tokens)
+            interval = self.WINDOW / self.tokens_per_minute
+            await self._spend("tok", principal, interval * tokens, commit=True, force=True)
 
-    async def _add(self, kind: str, principal: str, amount: int) -> int:
-        window = int(time.time() // _WINDOW_SECONDS)
+    async def _spend(
+        self, kind: str, principal: str, increment: float, *, commit: bool, force: bool
+    ) -> float:
+        """Seconds to wait before `increment` fits (0: it fits, and is recorded when `commit`)."""
+        now = time.time()
         if self._redis is not None:
-            key = f"aria:rl:{kind}:{window}:{principal}"
-            async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.incrby(key, amount)
-                pipe.expire(key, int(_WINDOW_SECONDS) * 2)
-                count, _ = await pipe.execute()
-            return int(count)
-        if window != self._window:
-            self._counts.clear()
-            self._window = window
-        _, previous = self._counts.get((kind, principal), (window, 0))
-        count = previous + amount
-        self._counts[(kind, principal)] = (window, count)
-        return count
+            wait = await self._redis.eval(
+                _GCRA_SCRIPT,
+                1,
+                f"aria:rl:{kind}:{principal}",
+                repr(now),
+                repr(increment),
+                repr(self.WINDOW),
+                "1" if commit else "0",
+                "1" if force else "0",
+            )
+            return float(wait)
+        key = (kind, principal)
+        new_full_at = max(self._full_at.get(key, now), now) + increment
+        wait = new_full_at - now - self.WINDOW
+        if wait > 0 and not force:
+            return wait
+        if commit:
+            if len(self._full_at) >= self._max:
+                self._prune(now)
+            self._full_at[key] = new_full_at
+        return 0.0
 
-    @staticmethod
-    def _retry_after() -> float:
-        return max(1.0, _WINDOW_SECONDS - time.time() % _WINDOW_SECONDS)
+    def _prune(self, now: float) -> None:
+        for key in [k for k, full_at in self._full_at.items() if full_at <= now]:
+            del self._full_at[key]
+        while len(self._full_at) >= self._max:  # all buckets busy: forget the oldest entries
+            del self._full_at[next(iter(self._full_at))]

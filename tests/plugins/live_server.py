@@ -10,12 +10,13 @@
         server = start_server(api_config(keep_turn_on_disconnect=True))
 
 `api_config(**overrides)` builds an EngineConfig on the test's `database_url` and a models.yaml written
-next to it that points at the fake OpenAI-compatible provider (`llm_server`, a real HTTP server).
-Models: `fake-model` (priced 1 USD / 2 USD per 1M input / output tokens) and `fake-alt` (unpriced).
+next to it that points at the fake OpenAI-compatible provider (`llm_server`, a real HTTP server started
+for the test; models as in `aria_engine.testing.fake_llm.write_fake_catalog`).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 import sys
@@ -27,42 +28,53 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import orjson
 import pytest
 import uvicorn
 from websockets.asyncio.client import ClientConnection, connect
 
 from aria_engine.config import REPO_ROOT, EngineConfig
-from aria_engine.testing.fake_llm import FakeLLM
+from aria_engine.testing.fake_llm import FakeLLM, write_fake_catalog
 
 API_DIR = REPO_ROOT / "src" / "api"
 if str(API_DIR) not in sys.path:
     sys.path.insert(0, str(API_DIR))  # the app dir, as the seed lays it out (`from routers... import`)
 
-__all__ = ["LiveServer", "serve", "write_catalog"]
+__all__ = ["LiveServer", "read_turn", "read_until", "recv_json", "send_json", "serve"]
 
 _STARTUP_SECONDS = 60.0
 
-CATALOG = """\
-providers:
-  fake:
-    kind: openai
-    base_url: {base_url}
-models:
-  fake-model:
-    provider: fake
-    context_window: 32000
-    max_output_tokens: 1024
-    price: {{input: 1.0, output: 2.0}}
-  fake-alt:
-    provider: fake
-    context_window: 32000
-    max_output_tokens: 1024
-"""
+_FRAME_SECONDS = 60.0  # a bound so a broken server fails the test instead of hanging it
 
 
-def write_catalog(path: Path, base_url: str) -> Path:
-    path.write_text(CATALOG.format(base_url=base_url), encoding="utf-8")
-    return path
+async def recv_json(ws: ClientConnection) -> dict[str, Any]:
+    """The next frame as JSON."""
+    async with asyncio.timeout(_FRAME_SECONDS):
+        frame = await ws.recv()
+    data: dict[str, Any] = orjson.loads(frame)
+    return data
+
+
+async def read_turn(ws: ClientConnection, first: list[dict[str, Any]] | None = None) -> list[dict[str, Any]]:
+    """Frames up to and including the turn's `done` (`first`: frames already read)."""
+    events = list(first or [])
+    while not events or events[-1]["type"] != "done":
+        events.append(await recv_json(ws))
+    return events
+
+
+async def read_until(
+    ws: ClientConnection, predicate: Callable[[dict[str, Any]], bool]
+) -> list[dict[str, Any]]:
+    """Frames up to and including the first one that satisfies `predicate`."""
+    frames: list[dict[str, Any]] = []
+    while not frames or not predicate(frames[-1]):
+        frames.append(await recv_json(ws))
+    return frames
+
+
+async def send_json(ws: ClientConnection, payload: dict[str, Any]) -> None:
+    await ws.send(orjson.dumps(payload).decode())
 
 
 @dataclass
@@ -99,7 +111,9 @@ def serve(config: EngineConfig) -> Iterator[LiveServer]:
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     server = uvicorn.Server(
-        uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=30, **uvicorn_options(config))
+        uvicorn.Config(
+            app, log_level="warning", lifespan="on", timeout_graceful_shutdown=30, **uvicorn_options(config)
+        )
     )
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True, name="live-server")
     thread.start()
@@ -127,7 +141,7 @@ def llm_server() -> Iterator[FakeLLM]:
 
 @pytest.fixture
 def api_config(database_url: str, llm_server: FakeLLM, tmp_path: Path) -> Callable[..., EngineConfig]:
-    catalog = write_catalog(tmp_path / "models.yaml", llm_server.base_url)
+    catalog = write_fake_catalog(tmp_path / "models.yaml", llm_server.base_url)
 
     def build(**overrides: Any) -> EngineConfig:
         values: dict[str, Any] = {
@@ -135,6 +149,7 @@ def api_config(database_url: str, llm_server: FakeLLM, tmp_path: Path) -> Callab
             "models_path": catalog,
             "data_dir": tmp_path / "data",
             "auto_migrate": False,  # the fixtures migrate once per run
+            "default_model": "fake-model",
             "llm_max_retries": 0,
         }
         values.update(overrides)

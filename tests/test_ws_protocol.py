@@ -1,0 +1,209 @@
+"""The WebSocket chat protocol (SPEC 9.1) against the real server, a real client and the fake provider."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from websockets.exceptions import ConnectionClosed
+
+from aria_engine.testing.fake_llm import FakeLLM, Reply, Stall, ToolCall
+from tests.plugins.live_server import LiveServer, read_turn, read_until, recv_json, send_json
+
+
+async def _session(server: LiveServer, **body: Any) -> str:
+    async with server.client() as http:
+        response = await http.post("/api/engine/chat/sessions", json=body)
+        assert response.status_code == 201, response.text
+        return str(response.json()["id"])
+
+
+async def _messages(server: LiveServer, session_id: str) -> list[dict[str, Any]]:
+    async with server.client() as http:
+        response = await http.get(f"/api/engine/chat/sessions/{session_id}/messages")
+        assert response.status_code == 200
+        return list(response.json()["items"])
+
+
+def _assert_one_turn(events: list[dict[str, Any]]) -> None:
+    """start first, done last and once, seq 1..n, one turn_id."""
+    assert events[0]["type"] == "start"
+    assert [e["type"] for e in events].count("done") == 1
+    assert events[-1]["type"] == "done"
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    assert len({e["turn_id"] for e in events}) == 1
+
+
+async def test_a_turn_streams_start_token_deltas_usage_and_one_done(
+    live_server: LiveServer, llm_server: FakeLLM
+) -> None:
+    llm_server.enqueue(Reply("Hello there, friend."))
+    session_id = await _session(live_server)
+    async with live_server.websocket(session_id) as ws:
+        await send_json(ws, {"type": "message", "content": "Hi"})
+        events = await read_turn(ws)
+    _assert_one_turn(events)
+    tokens = [e["content"] for e in events if e["type"] == "token"]
+    assert len(tokens) > 1  # deltas, not one snapshot
+    assert "".join(tokens) == "Hello there, friend."
+    assert events[0]["session_id"] == session_id
+    done = events[-1]
+    assert done["finish_reason"] == "stop"
+    assert done["output_tokens"] > 0
+    stored = await _messages(live_server, session_id)
+    assert [m["role"] for m in stored] == ["user", "assistant"]
+    assert stored[0]["id"] == events[0]["message_id"]
+    assert stored[1]["id"] == done["message_id"]
+    assert stored[1]["content"] == "Hello there, friend."
+
+
+async def test_thinking_and_tool_events_arrive_in_order(live_server: LiveServer, llm_server: FakeLLM) -> None:
+    llm_server.enqueue(
+        Reply(
+            "",
+            thinking="I should add.",
+            tool_calls=[ToolCall("calculate", {"expression": "2+3"}, id="call_1")],
+        ),
+        Reply("It is 5."),
+    )
+    session_id = await _session(live_server)
+    async with live_server.websocket(session_id) as ws:
+        await send_json(ws, {"type": "message", "content": "2+3?", "enable_thinking": True})
+        events = await read_turn(ws)
+    _assert_one_turn(events)
+    types = [e["type"] for e in events]
+    assert "".join(e["content"] for e in events if e["type"] == "thinking") == "I should add."
+    call = next(e for e in events if e["type"] == "tool_call")
+    result = next(e for e in events if e["type"] == "tool_result")
+    assert (call["id"], call["name"]) == ("call_1", "calculate")
+    assert (result["id"], result["name"], result["success"]) == ("call_1", "calculate", True)
+    assert "5" in result["content"]
+    assert (
+        types.index("thinking") < types.index("tool_call") < types.index("tool_result") < types.index("token")
+    )
+    assert "".join(e["content"] for e in events if e["type"] == "token") == "It is 5."
+
+
+async def test_ping_mid_turn_gets_a_pong_and_cancel_ends_the_turn_cancelled(
+    live_server: LiveServer, llm_server: FakeLLM
+) -> None:
+    llm_server.enqueue(Stall(after=2, seconds=60, reply=Reply("one two three four five")))
+    session_id = await _session(live_server)
+    async with live_server.websocket(session_id) as ws:
+        await send_json(ws, {"type": "message", "content": "count"})
+        first = await read_until(ws, lambda e: e["type"] == "token" and e["seq"] == 3)
+        await send_json(ws, {"type": "ping"})
+        assert await recv_json(ws) == {"type": "pong"}
+        await send_json(ws, {"type": "cancel"})
+        events = await read_turn(ws, first)
+    _assert_one_turn(events)
+    assert events[-1]["finish_reason"] == "cancelled"
+    assert await asyncio.to_thread(llm_server.wait_for_disconnects, 1)  # the upstream call was closed
+    assistant = (await _messages(live_server, session_id))[-1]
+    assert assistant["role"] == "assistant"
+    assert assistant["finish_reason"] == "cancelled"
+    assert assistant["content"] == "".join(e["content"] for e in events if e["type"] == "token")
+
+
+async def test_a_second_message_while_a_turn_runs_gets_session_busy(
+    live_server: LiveServer, llm_server: FakeLLM
+) -> None:
+    llm_server.enqueue(Stall(after=1, seconds=60, reply=Reply("slow answer here")))
+    session_id = await _session(live_server)
+    async with live_server.websocket(session_id) as ws, live_server.websocket(session_id) as other:
+        await send_json(ws, {"type": "message", "content": "first"})
+        first = await read_until(ws, lambda e: e["type"] == "token")
+        await send_json(ws, {"type": "message", "content": "second"})
+        busy = await recv_json(ws)
+        await send_json(other, {"type": "message", "content": "from another socket"})
+        busy_elsewhere = await recv_json(other)
+        async with live_server.client() as http:
+            rest = await http.post(
+                f"/api/engine/chat/sessions/{session_id}/messages", json={"content": "rest"}
+            )
+        await send_json(ws, {"type": "cancel"})
+        events = await read_turn(ws, first)
+    assert busy["type"] == busy_elsewhere["type"] == "error"
+    assert busy["code"] == busy_elsewhere["code"] == "session_busy"
+    assert rest.status_code == 409
+    assert rest.json()["error"]["code"] == "session_busy"
+    _assert_one_turn(events)
+
+
+async def test_bad_json_and_unknown_types_get_error_events_and_the_socket_stays_open(
+    live_server: LiveServer,
+) -> None:
+    session_id = await _session(live_server)
+    async with live_server.websocket(session_id) as ws:
+        await ws.send("{not json")
+        assert (await recv_json(ws))["code"] == "invalid_json"
+        await send_json(ws, {"type": "dance"})
+        assert (await recv_json(ws))["code"] == "unknown_type"
+        await ws.send("[1, 2]")
+        assert (await recv_json(ws))["code"] == "unknown_type"
+        await send_json(ws, {"type": "message", "content": ""})
+        assert (await recv_json(ws))["code"] == "invalid_request"
+        await send_json(ws, {"type": "resume", "turn_id": "nope", "after_seq": 0})
+        assert (await recv_json(ws))["code"] == "turn_not_found"
+        await send_json(ws, {"type": "ping"})
+        assert await recv_json(ws) == {"type": "pong"}
+
+
+async def test_a_frame_over_the_size_limit_closes_with_1009(start_server: Any, api_config: Any) -> None:
+    server = start_server(api_config(ws_max_frame_bytes=4096))
+    session_id = await _session(server)
+    async with server.websocket(session_id) as ws:
+        await send_json(ws, {"type": "message", "content": "x" * 5000})
+        with pytest.raises(ConnectionClosed) as closed:
+            await recv_json(ws)
+    assert closed.value.rcvd is not None
+    assert closed.value.rcvd.code == 1009
+
+
+async def test_disconnect_mid_turn_cancels_it_and_persists_the_partial_as_disconnected(
+    live_server: LiveServer, llm_server: FakeLLM
+) -> None:
+    llm_server.enqueue(Stall(after=2, seconds=60, reply=Reply("alpha beta gamma delta")))
+    session_id = await _session(live_server)
+    async with live_server.websocket(session_id) as ws:
+        await send_json(ws, {"type": "message", "content": "go"})
+        seen = await read_until(ws, lambda e: e["type"] == "token" and e["seq"] == 3)
+    assert await asyncio.to_thread(llm_server.wait_for_disconnects, 1)
+    streamed = "".join(e["content"] for e in seen if e["type"] == "token")
+    assistant = await _wait_for_assistant(live_server, session_id)
+    assert assistant["finish_reason"] == "disconnected"
+    assert assistant["content"] == streamed
+    async with live_server.client() as http:
+        session = (await http.get(f"/api/engine/chat/sessions/{session_id}")).json()
+    assert session["message_count"] == 2
+
+
+async def _wait_for_assistant(server: LiveServer, session_id: str) -> dict[str, Any]:
+    """The assistant row, once the server has persisted it (polled; bounded)."""
+    async with asyncio.timeout(30):
+        while True:
+            rows = [m for m in await _messages(server, session_id) if m["role"] == "assistant"]
+            if rows:
+                return rows[-1]
+            await asyncio.sleep(0.05)
+
+
+async def test_an_unknown_session_is_refused_with_an_error_event_and_1008(live_server: LiveServer) -> None:
+    async with live_server.websocket("00000000-0000-4000-8000-000000000000") as ws:
+        error = await recv_json(ws)
+        with pytest.raises(ConnectionClosed) as closed:
+            await ws.recv()
+    assert error["type"] == "error"
+    assert error["code"] == "session_not_found"
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+
+
+async def test_a_message_to_an_ended_session_gets_session_ended(live_server: LiveServer) -> None:
+    session_id = await _session(live_server)
+    async with live_server.client() as http:
+        assert (await http.delete(f"/api/engine/chat/sessions/{session_id}")).status_code == 200
+    async with live_server.websocket(session_id) as ws:
+        await send_json(ws, {"type": "message", "content": "hello?"})
+        error = await recv_json(ws)
+    assert (error["type"], error["code"]) == ("error", "session_ended")
