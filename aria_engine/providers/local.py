@@ -107,10 +107,11 @@ class LocalProvider:
                 # Closing the generator ends llama.cpp's loop; done in a thread since it may still compute.
                 with anyio.CancelScope(shield=True):
                     await anyio.to_thread.run_sync(pieces.close)
-        yield UsageChunk(
-            input_tokens=self._count_prompt(request),
-            output_tokens=produced,
-        )
+            # The context now holds the whole prompt (chat template included) and the answer.
+            prompt_tokens = model.n_tokens - produced if model.n_tokens > produced else None
+        if prompt_tokens is None:
+            prompt_tokens = self._count_prompt(request)
+        yield UsageChunk(input_tokens=prompt_tokens, output_tokens=produced)
         yield FinishChunk(finish)
 
     # -- blocking helpers (worker threads only) -----------------------------------------------------------
