@@ -27,6 +27,7 @@ Token cost of a message = `MESSAGE_OVERHEAD_TOKENS` + tokens of its content + to
 from __future__ import annotations
 
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -59,6 +60,9 @@ MAX_CONTEXT_MESSAGES = 500
 SKIPPED_FINISH_REASONS = frozenset({"cancelled", "disconnected", "error", "interrupted"})
 # A truncated tool result keeps at least this many tokens of its text; below that the unit is dropped.
 MIN_TOOL_RESULT_TOKENS = 16
+# Texts shorter than this are counted directly (cheaper than a cache lookup); the cache holds this many.
+_UNCACHED_CHARS = 64
+_COUNT_CACHE_SIZE = 8192
 TRUNCATION_MARKER = "\n[truncated: {kept} of {total} characters shown to fit the context]"
 
 Count = Callable[[str], int]
@@ -121,6 +125,10 @@ class ContextManager:
     def __init__(self, config: EngineConfig, count_tokens: Callable[[str, str], int]) -> None:
         self._config = config
         self._count_tokens = count_tokens
+        # Token counts of texts seen before: each turn re-reads the same history, and tokenizing it
+        # again every round would cost time proportional to the whole window. Keyed by the text's hash
+        # and length (the text itself is not kept) and bounded.
+        self._counts: OrderedDict[tuple[str, int, int], int] = OrderedDict()
 
     def budget_for(
         self, *, context_window_tokens: int, max_output_tokens: int, tool_schema_tokens: int
@@ -146,11 +154,28 @@ class ContextManager:
     ) -> list[dict[str, Any]]:
         """System message first, then the kept history oldest to newest. One SQL statement."""
         rows = await self.read_rows(db, session_id=session_id, context_window=context_window)
+        return self.fit(
+            {"role": "system", "content": system_prompt}, rows, budget_tokens, self.counter(model_id)
+        )
+
+    def counter(self, model_id: str) -> Count:
+        """`count(text)` for one model, through the bounded cache."""
+        cache, count_tokens = self._counts, self._count_tokens
 
         def count(text: str) -> int:
-            return self._count_tokens(model_id, text)
+            if len(text) < _UNCACHED_CHARS:
+                return count_tokens(model_id, text)
+            key = (model_id, hash(text), len(text))
+            tokens = cache.get(key)
+            if tokens is None:
+                tokens = cache[key] = count_tokens(model_id, text)
+                if len(cache) > _COUNT_CACHE_SIZE:
+                    cache.popitem(last=False)
+            else:
+                cache.move_to_end(key)
+            return tokens
 
-        return self.fit({"role": "system", "content": system_prompt}, rows, budget_tokens, count)
+        return count
 
     @staticmethod
     async def read_rows(db: AsyncSession, *, session_id: uuid.UUID, context_window: int) -> list[MessageView]:
