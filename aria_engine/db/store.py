@@ -74,6 +74,7 @@ async def append_message(
                 updated_at=now,
             )
             .returning(ChatSession.next_seq)
+            .execution_options(synchronize_session=False)
         )
     ).scalar_one() - 1
     row = ChatMessage(
@@ -107,6 +108,7 @@ async def acquire_turn_lease(
             or_(ChatSession.active_turn_id.is_(None), ChatSession.turn_lease_until < now),
         )
         .values(active_turn_id=turn_id, turn_lease_until=now + timedelta(seconds=lease_seconds))
+        .execution_options(synchronize_session=False)
     )
     return result.rowcount == 1  # type: ignore[attr-defined]
 
@@ -118,6 +120,7 @@ async def renew_turn_lease(
         update(ChatSession)
         .where(ChatSession.id == session_id, ChatSession.active_turn_id == turn_id)
         .values(turn_lease_until=utcnow() + timedelta(seconds=lease_seconds))
+        .execution_options(synchronize_session=False)
     )
     return result.rowcount == 1  # type: ignore[attr-defined]
 
@@ -127,6 +130,7 @@ async def release_turn_lease(db: AsyncSession, session_id: uuid.UUID, turn_id: u
         update(ChatSession)
         .where(ChatSession.id == session_id, ChatSession.active_turn_id == turn_id)
         .values(active_turn_id=None, turn_lease_until=None)
+        .execution_options(synchronize_session=False)
     )
 
 

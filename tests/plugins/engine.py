@@ -12,6 +12,7 @@ it touched: session counters equal the sums over their messages, and seq is gap-
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -73,3 +74,12 @@ async def make_engine(
             assert await engine.verify_totals(session_id) == {}, f"totals drifted in session {session_id}"
         await engine.gateway.aclose()
         await db_engine.dispose()
+
+
+async def wait_for(predicate: Callable[[], bool], *, seconds: float = 30.0) -> None:
+    """Wait (bounded) until `predicate()` holds; polling, since the condition lives in another thread."""
+    for _ in range(int(seconds / 0.01)):
+        if predicate():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not reached in time")
