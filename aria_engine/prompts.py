@@ -47,6 +47,7 @@ MAX_PROMPT_FILE_BYTES = 256 * 1024
 _CACHE_SIZE = 256
 _AGENT_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$", re.IGNORECASE)
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
 
 
 def is_safe_agent_id(agent_id: str) -> bool:
@@ -128,7 +129,9 @@ class PromptAssembler:
 
     def _read(self, path: Path, agent_id: str) -> str | None:
         try:
-            fd = os.open(path, os.O_RDONLY | _NOFOLLOW)
+            # O_NONBLOCK: opening a FIFO planted under the name must not hang the event loop (a regular
+            # file ignores the flag); fstat below then refuses anything that is not a regular file.
+            fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _NONBLOCK)
         except FileNotFoundError:
             return None
         except OSError:

@@ -131,12 +131,14 @@ def test_a_symlinked_prompts_dir_itself_is_allowed(prompts_dir: Path, tmp_path: 
     assert build(assembler(link)).startswith("You are the main agent.")
 
 
-def test_directories_and_oversized_files_are_refused(prompts_dir: Path) -> None:
+def test_directories_fifos_and_oversized_files_are_refused(prompts_dir: Path) -> None:
     (prompts_dir / "folder.md").mkdir()
+    os.mkfifo(prompts_dir / "pipe.md")  # opening it for reading must not wait for a writer
     (prompts_dir / "huge.md").write_text("x" * (MAX_PROMPT_FILE_BYTES + 1))
     a = assembler(prompts_dir)
     assert build(a, "folder").startswith(DEFAULT_INSTRUCTIONS)
     assert build(a, "huge").startswith(DEFAULT_INSTRUCTIONS)
+    assert build(a, "pipe").startswith(DEFAULT_INSTRUCTIONS)
 
 
 def test_edited_prompt_file_takes_effect_on_the_next_build(prompts_dir: Path) -> None:
