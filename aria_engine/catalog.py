@@ -138,24 +138,34 @@ def parse_catalog(text: str, *, source: str = "<memory>", env: Mapping[str, str]
     try:
         root = yaml.compose(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark is not None else "?"
-        reason = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"{source}:{where}: invalid YAML: {reason}") from exc
+        raise _yaml_error(exc, source) from exc
     if root is None or not isinstance(root, yaml.MappingNode):
         raise ConfigError(f"{source}:line 1: the catalog must be a mapping with `providers` and `models`")
-    data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        raise _yaml_error(exc, source) from exc
     data = _interpolate_all(data, env, source, root)
     try:
         catalog = Catalog.model_validate({**data, "source": source})
     except PydanticValidationError as exc:
-        err = exc.errors(include_url=False)[0]
+        # A misspelt key also makes the real one "missing": report the unknown key first.
+        errors = sorted(exc.errors(include_url=False), key=lambda e: e["type"] != "extra_forbidden")
+        err = errors[0]
         loc = tuple(err["loc"])
         line = _line_of(root, loc)
         field = ".".join(str(part) for part in loc)
-        raise ConfigError(f"{source}:line {line}: {field}: {err['msg']}") from None
+        more = f" (and {len(errors) - 1} more problem(s))" if len(errors) > 1 else ""
+        raise ConfigError(f"{source}:line {line}: {field}: {err['msg']}{more}") from None
     _check_references(catalog, root)
     return catalog
+
+
+def _yaml_error(exc: yaml.YAMLError, source: str) -> ConfigError:
+    mark = getattr(exc, "problem_mark", None)
+    where = f"line {mark.line + 1}" if mark is not None else "line ?"
+    reason = getattr(exc, "problem", None) or str(exc)
+    return ConfigError(f"{source}:{where}: invalid YAML: {reason}")
 
 
 # -- YAML helpers -----------------------------------------------------------------------------------------
