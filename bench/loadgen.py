@@ -1,0 +1,340 @@
+"""Load generator: runs in its own process, reads one JSON job on stdin, prints one JSON result on stdout.
+
+    echo '{"kind": "ws_turns", ...}' | python -m bench.loadgen
+
+Job kinds:
+- `ws_turns`: one WebSocket per URL, `turns` sequential turns each (`{"type": "message"}` -> frames up
+  to `done`). Per turn: time to the first token, total time, tokens, bytes on the wire (frame payload +
+  RFC 6455 header; compression is off), and optionally every gap between two tokens.
+- `sse_turns`: the same measurements for an OpenAI-compatible SSE endpoint (the provider directly, or
+  LiteLLM's proxy); bytes are the HTTP body bytes.
+- `http`: closed-loop requests from `concurrency` workers (each with its own request template) for a
+  warm-up and then a measured window; latencies of the requests that start and end inside the window.
+- `soak`: create a session, stream one turn over WebSocket, delete it (`?purge=true`), in a loop.
+
+A job with `"phased": true` connects first, prints `{"event": "ready"}` and waits for a line on stdin
+before it starts, so the orchestrator can measure the server with idle connections. All times are
+`time.perf_counter()` (CLOCK_MONOTONIC, shared by all processes of the machine), so results from several
+load-generator processes merge on one clock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import sys
+import time
+from typing import Any
+
+import httpx
+import orjson
+from websockets.asyncio.client import ClientConnection, connect
+
+__all__ = ["run_job"]
+
+Job = dict[str, Any]
+
+
+def _frame_bytes(payload: bytes) -> int:
+    """Bytes of an unmasked server frame: payload plus the RFC 6455 header for its length."""
+    size = len(payload)
+    return size + (2 if size < 126 else 4 if size < 65536 else 10)
+
+
+class _TurnRecorder:
+    """Collects per-turn measurements in flat lists (cheap to serialize, merged by the orchestrator)."""
+
+    def __init__(self, record_gaps: bool) -> None:
+        self.record_gaps = record_gaps
+        self.ttft: list[float] = []
+        self.total: list[float] = []
+        self.tokens: list[int] = []
+        self.bytes: list[int] = []
+        self.gaps: list[float] = []
+        self.errors = 0
+        self.error_sample = ""
+        self.first_send = float("inf")
+        self.last_done = 0.0
+
+    def add(self, sent: float, arrivals: list[float], done: float, size: int) -> None:
+        self.first_send = min(self.first_send, sent)
+        self.last_done = max(self.last_done, done)
+        self.total.append(done - sent)
+        self.tokens.append(len(arrivals))
+        self.bytes.append(size)
+        if arrivals:
+            self.ttft.append(arrivals[0] - sent)
+            if self.record_gaps:
+                self.gaps.extend(b - a for a, b in itertools.pairwise(arrivals))
+
+    def fail(self, message: str) -> None:
+        self.errors += 1
+        self.error_sample = self.error_sample or message[:300]
+
+    def result(self) -> dict[str, Any]:
+        return {
+            "ttft": self.ttft,
+            "total": self.total,
+            "tokens": self.tokens,
+            "bytes": self.bytes,
+            "gaps": self.gaps,
+            "errors": self.errors,
+            "error_sample": self.error_sample,
+            "first_send": self.first_send if self.total else None,
+            "last_done": self.last_done if self.total else None,
+        }
+
+
+async def _ws_turn(ws: ClientConnection, content: str, rec: _TurnRecorder) -> None:
+    request = orjson.dumps({"type": "message", "content": content}).decode()
+    arrivals: list[float] = []
+    size = 0
+    sent = time.perf_counter()
+    await ws.send(request)
+    while True:
+        raw = await ws.recv(decode=False)
+        now = time.perf_counter()
+        assert isinstance(raw, bytes)
+        size += _frame_bytes(raw)
+        event = orjson.loads(raw)
+        kind = event.get("type")
+        if kind == "token":
+            arrivals.append(now)
+        elif kind == "error":
+            rec.fail(f"error event: {event.get('code')}: {event.get('message')}")
+        elif kind == "done":
+            rec.add(sent, arrivals, now, size)
+            return
+
+
+async def _gate(job: Job, connected: int) -> None:
+    """In a phased job, report readiness and wait for the orchestrator's go."""
+    if not job.get("phased"):
+        return
+    sys.stdout.write(orjson.dumps({"event": "ready", "connected": connected}).decode() + "\n")
+    sys.stdout.flush()
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+
+
+async def _ws_turns(job: Job) -> dict[str, Any]:
+    rec = _TurnRecorder(bool(job.get("record_gaps")))
+    urls: list[str] = job["urls"]
+    opening = asyncio.Semaphore(int(job.get("connect_concurrency", 64)))
+
+    async def open_one(url: str) -> ClientConnection | None:
+        async with opening:
+            try:
+                return await connect(
+                    url, compression=None, max_size=None, ping_interval=None, open_timeout=60
+                )
+            except (OSError, TimeoutError, Exception) as exc:  # any failure to connect is one error
+                rec.fail(f"connect: {type(exc).__name__}: {exc}")
+                return None
+
+    sockets = await asyncio.gather(*(open_one(url) for url in urls))
+    live = [ws for ws in sockets if ws is not None]
+    await _gate(job, len(live))
+    ramp = float(job.get("ramp", 0.0))
+
+    async def drive(index: int, ws: ClientConnection) -> None:
+        if ramp:
+            await asyncio.sleep(ramp * index / max(len(live), 1))
+        try:
+            for _ in range(int(job.get("warmup", 0))):
+                await _ws_turn(ws, job.get("content", "hello"), _TurnRecorder(False))
+            for _ in range(int(job.get("turns", 1))):
+                await _ws_turn(ws, job.get("content", "hello"), rec)
+        except Exception as exc:  # a dropped connection ends this client, and is counted
+            rec.fail(f"turn: {type(exc).__name__}: {exc}")
+
+    started = time.perf_counter()
+    await asyncio.gather(*(drive(i, ws) for i, ws in enumerate(live)))
+    elapsed = time.perf_counter() - started
+    await asyncio.gather(*(ws.close() for ws in live), return_exceptions=True)
+    return rec.result() | {"elapsed": elapsed, "connections": len(live)}
+
+
+def _sse_tokens(buffer: bytearray, arrivals: list[float], now: float) -> bytearray:
+    """Consume the complete SSE events in `buffer`; note an arrival for each content delta."""
+    *events, rest = bytes(buffer).split(b"\n\n")
+    for event in events:
+        if not event.startswith(b"data: ") or event == b"data: [DONE]":
+            continue
+        choices = orjson.loads(event[6:]).get("choices") or ()
+        if choices and (choices[0].get("delta") or {}).get("content"):
+            arrivals.append(now)
+    return bytearray(rest)
+
+
+async def _sse_turn(client: httpx.AsyncClient, job: Job, rec: _TurnRecorder) -> None:
+    body = {
+        "model": job.get("model", "bench-model"),
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "messages": [{"role": "user", "content": job.get("content", "hello")}],
+    }
+    arrivals: list[float] = []
+    size = 0
+    buffer = bytearray()
+    sent = time.perf_counter()
+    async with client.stream("POST", job["url"], json=body, headers=job.get("headers")) as response:
+        if response.status_code != 200:
+            rec.fail(f"HTTP {response.status_code}: {(await response.aread())[:200]!r}")
+            return
+        async for raw in response.aiter_raw():
+            now = time.perf_counter()
+            size += len(raw)
+            buffer += raw
+            buffer = _sse_tokens(buffer, arrivals, now)
+    rec.add(sent, arrivals, time.perf_counter(), size)
+
+
+async def _sse_turns(job: Job) -> dict[str, Any]:
+    rec = _TurnRecorder(bool(job.get("record_gaps")))
+    streams = int(job.get("streams", 1))
+    limits = httpx.Limits(max_connections=streams, max_keepalive_connections=streams)
+    async with httpx.AsyncClient(limits=limits, timeout=600.0) as client:
+        await _gate(job, streams)
+        ramp = float(job.get("ramp", 0.0))
+
+        async def drive(index: int) -> None:
+            if ramp:
+                await asyncio.sleep(ramp * index / streams)
+            try:
+                for _ in range(int(job.get("warmup", 0))):
+                    await _sse_turn(client, job, _TurnRecorder(False))
+                for _ in range(int(job.get("turns", 1))):
+                    await _sse_turn(client, job, rec)
+            except Exception as exc:  # a failed stream is counted, the others go on
+                rec.fail(f"stream: {type(exc).__name__}: {exc}")
+
+        started = time.perf_counter()
+        await asyncio.gather(*(drive(i) for i in range(streams)))
+        elapsed = time.perf_counter() - started
+    return rec.result() | {"elapsed": elapsed, "connections": streams}
+
+
+async def _http(job: Job) -> dict[str, Any]:
+    """Closed loop: each worker sends its request again as soon as the previous answer is read.
+
+    With `duration`, requests that start after the warm-up and end inside the window count; with
+    `requests`, each worker sends `warmup` unrecorded requests and then exactly `requests` recorded ones.
+    """
+    templates: list[dict[str, Any]] = job["workers"]
+    counted = job.get("requests")
+    latencies: list[float] = []
+    statuses: dict[str, int] = {}
+    errors: list[str] = []
+    limits = httpx.Limits(max_connections=len(templates), max_keepalive_connections=len(templates))
+    async with httpx.AsyncClient(base_url=job["base_url"], limits=limits, timeout=120.0) as client:
+
+        async def one(template: dict[str, Any]) -> tuple[float, float, int] | None:
+            started = time.perf_counter()
+            try:
+                response = await client.request(
+                    template.get("method", "GET"), template["path"], json=template.get("json")
+                )
+            except httpx.HTTPError as exc:
+                errors.append(f"{type(exc).__name__}: {exc}")
+                return None
+            if response.status_code >= 400 and len(errors) < 5:
+                errors.append(f"HTTP {response.status_code}: {response.text[:200]}")
+            return started, time.perf_counter(), response.status_code
+
+        def record(outcome: tuple[float, float, int] | None) -> None:
+            if outcome is not None:
+                key = str(outcome[2])
+                statuses[key] = statuses.get(key, 0) + 1
+                latencies.append(outcome[1] - outcome[0])
+
+        if counted is not None:
+
+            async def counted_worker(template: dict[str, Any]) -> None:
+                for _ in range(int(job.get("warmup", 0))):
+                    await one(template)
+                for _ in range(int(counted)):
+                    record(await one(template))
+
+            started = time.perf_counter()
+            await asyncio.gather(*(counted_worker(t) for t in templates))
+            duration = time.perf_counter() - started
+        else:
+            duration = float(job["duration"])
+            begin = time.perf_counter() + float(job.get("warmup", 1.0))
+            end = begin + duration
+
+            async def timed_worker(template: dict[str, Any]) -> None:
+                while time.perf_counter() < end:
+                    outcome = await one(template)
+                    if outcome is not None and outcome[0] >= begin and outcome[1] <= end:
+                        record(outcome)
+
+            await asyncio.gather(*(timed_worker(t) for t in templates))
+    ok = sum(n for code, n in statuses.items() if code.startswith("2"))
+    return {
+        "latencies": latencies,
+        "statuses": statuses,
+        "ok": ok,
+        "duration": duration,
+        "rps": ok / duration if duration else 0.0,
+        "errors": len(errors),
+        "error_sample": errors[:3],
+    }
+
+
+async def _soak(job: Job) -> dict[str, Any]:
+    """Create/stream/delete cycles from `workers` clients until `duration` has passed."""
+    end = time.perf_counter() + float(job["duration"])
+    rec = _TurnRecorder(False)
+    cycles = 0
+    async with httpx.AsyncClient(base_url=job["base_url"], timeout=120.0) as client:
+
+        async def worker() -> None:
+            nonlocal cycles
+            while time.perf_counter() < end:
+                try:
+                    created = await client.post(job["create_path"], json={})
+                    created.raise_for_status()
+                    session_id = created.json()["id"]
+                    async with connect(
+                        job["ws_base"] + session_id, compression=None, max_size=None, ping_interval=None
+                    ) as ws:
+                        await _ws_turn(ws, job.get("content", "hello"), rec)
+                    (await client.delete(f"{job['create_path']}/{session_id}?purge=true")).raise_for_status()
+                    cycles += 1
+                except Exception as exc:  # one failed cycle is counted; the soak goes on
+                    rec.fail(f"cycle: {type(exc).__name__}: {exc}")
+                    await asyncio.sleep(0.1)
+
+        await asyncio.gather(*(worker() for _ in range(int(job.get("workers", 4)))))
+    result = rec.result()
+    return {
+        "cycles": cycles,
+        "errors": result["errors"],
+        "error_sample": result["error_sample"],
+        "total": result["total"],
+    }
+
+
+_KINDS = {"ws_turns": _ws_turns, "sse_turns": _sse_turns, "http": _http, "soak": _soak}
+
+
+async def run_job(job: Job) -> dict[str, Any]:
+    return await _KINDS[job["kind"]](job)
+
+
+def main() -> None:
+    job = orjson.loads(sys.stdin.readline())
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:  # the plain loop measures the same things, a little slower
+        runner = asyncio.run
+    result = runner(run_job(job))
+    sys.stdout.write(orjson.dumps(result).decode() + "\n")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

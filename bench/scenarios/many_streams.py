@@ -1,0 +1,92 @@
+"""Scenario 3: many concurrent WebSocket streams, each receiving tokens at a fixed rate (20 tokens/s).
+
+All sockets are opened first; the server's RSS is read before (baseline) and with every socket open and
+idle; then all turns start, spread over a short ramp, and a sampler records the server's RSS and CPU
+while they stream. The added inter-token delay of a stream is each gap between two tokens minus the
+provider's schedule (the per-token delay); the same clients reading the provider directly give the
+floor (client and provider jitter on this machine).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from bench.harness import Bench, EngineHandle, Sampler
+from bench.scenarios import ms
+from bench.stats import across_repeats, summarize
+
+__all__ = ["run"]
+
+SETTLE_SECONDS = 1.0
+
+
+def _added(result: dict[str, Any], delay: float) -> dict[str, float]:
+    added = summarize(ms([gap - delay for gap in result["gaps"]]))
+    ttft = summarize(ms(result["ttft"]))
+    return {
+        "added_p50": added.get("p50", float("nan")),
+        "added_p99": added.get("p99", float("nan")),
+        "added_max": added.get("max", float("nan")),
+        "ttft_p50": ttft.get("p50", float("nan")),
+        "ttft_p99": ttft.get("p99", float("nan")),
+        "streams_completed": float(len(result["total"])),
+        "errors": float(result["errors"]),
+    }
+
+
+def _engine_repeat(bench: Bench, engine: EngineHandle, urls: list[str], delay: float) -> dict[str, Any]:
+    sizes = bench.sizes
+    time.sleep(SETTLE_SECONDS)
+    state: dict[str, Any] = {"base": engine.service.rss()}
+    sampler = Sampler(engine.service, period=0.25)
+
+    def on_ready() -> None:
+        time.sleep(SETTLE_SECONDS)
+        state["idle"] = engine.service.rss()
+        sampler.__enter__()
+
+    job = bench.ws_job(urls, record_gaps=True, ramp=sizes.many_ramp, phased=True, connect_concurrency=100)
+    try:
+        result = bench.turns(job, processes=sizes.many_processes, on_ready=on_ready)
+    finally:
+        if "idle" in state:
+            sampler.__exit__()
+    streams = len(urls)
+    row = _added(result, delay) | {
+        "rss_base_mb": state["base"] / 2**20,
+        "rss_idle_kb_per_connection": (state["idle"] - state["base"]) / streams / 1024,
+        "rss_streaming_kb_per_connection": (sampler.peak_rss() - state["base"]) / streams / 1024,
+        "server_cpu_cores": sampler.cpu_cores(),
+        "connections": float(result["connections"]),
+    }
+    return {"row": row, "error_sample": result["error_sample"]}
+
+
+def run(bench: Bench, engine: EngineHandle) -> dict[str, Any]:
+    sizes = bench.sizes
+    delay = 1.0 / sizes.many_rate
+    bench.configure_provider(tokens=sizes.many_tokens, delay=delay)
+    urls = [engine.ws_url(sid) for sid in engine.create_sessions(sizes.many_streams)]
+    repeats = max(1, min(sizes.repeats, 2))  # each repeat streams for many_tokens / many_rate seconds
+    engine_rows, direct_rows, errors = [], [], []
+    for _ in range(repeats):
+        measured = _engine_repeat(bench, engine, urls, delay)
+        engine_rows.append(measured["row"])
+        if measured["error_sample"]:
+            errors.append(measured["error_sample"])
+        direct_job = bench.sse_job(
+            bench.provider_v1 + "/chat/completions",
+            streams=sizes.many_streams,
+            record_gaps=True,
+            ramp=sizes.many_ramp,
+        )
+        direct_rows.append(_added(bench.turns(direct_job, processes=sizes.many_processes), delay))
+    return {
+        "streams": sizes.many_streams,
+        "tokens_per_stream": sizes.many_tokens,
+        "tokens_per_second_per_stream": sizes.many_rate,
+        "engine": {"repeats": engine_rows, "summary": across_repeats(engine_rows)},
+        "direct": {"repeats": direct_rows, "summary": across_repeats(direct_rows)},
+        "error_samples": errors[:3],
+    }

@@ -1,0 +1,92 @@
+"""Scenario 2: streaming throughput at zero per-token delay, for 1 and 32 concurrent sessions.
+
+Three targets read the same provider answer: (a) clients reading the provider's SSE directly, (b) the
+minimal relay (bare Starlette WebSocket, no database), (c) the engine over WebSocket. Tokens per second is
+all tokens delivered divided by the window from the first send to the last `done`. Also measured: bytes on
+the wire per token and the server's CPU time per token (from /proc), which shows where the time goes.
+The baselines do not depend on the engine's database, so they run once per run (`baselines`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.harness import Bench, EngineHandle
+from bench.procs import Service
+from bench.profiling import profiled
+from bench.stats import across_repeats
+
+__all__ = ["baselines", "measure", "run"]
+
+
+def _rates(result: dict[str, Any], cpu_seconds: float | None) -> dict[str, float]:
+    tokens = sum(result["tokens"])
+    window = result["window"] or float("nan")
+    rates = {
+        "tokens_per_s": tokens / window,
+        "bytes_per_token": sum(result["bytes"]) / tokens if tokens else float("nan"),
+        "errors": float(result["errors"]),
+    }
+    if cpu_seconds is not None and tokens:
+        rates["server_cpu_us_per_token"] = cpu_seconds / tokens * 1e6
+    return rates
+
+
+def measure(bench: Bench, job: dict[str, Any], server: Service | None) -> dict[str, float]:
+    before = server.cpu() if server is not None else 0.0
+    provider_before = bench.provider.cpu()
+    result = bench.turns(job)
+    cpu = server.cpu() - before if server is not None else None
+    rates = _rates(result, cpu)
+    tokens = sum(result["tokens"])
+    if tokens:
+        rates["provider_cpu_us_per_token"] = (bench.provider.cpu() - provider_before) / tokens * 1e6
+    return rates
+
+
+def baselines(bench: Bench) -> dict[str, Any]:
+    """Direct SSE and bare relay rates for each session count."""
+    sizes = bench.sizes
+    bench.configure_provider(tokens=sizes.stream_tokens)
+    out: dict[str, Any] = {}
+    with bench.relay() as relay:
+        relay_url = f"ws://127.0.0.1:{relay.port}/ws/relay"
+        for sessions in sizes.stream_sessions:
+            direct_reps, relay_reps = [], []
+            for _ in range(sizes.repeats):
+                direct_job = bench.sse_job(
+                    bench.provider_v1 + "/chat/completions", streams=sessions, warmup=1
+                )
+                direct_reps.append(measure(bench, direct_job, None))
+                relay_reps.append(measure(bench, bench.ws_job([relay_url] * sessions, warmup=1), relay))
+            out[str(sessions)] = {
+                "direct": {"repeats": direct_reps, "summary": across_repeats(direct_reps)},
+                "relay": {"repeats": relay_reps, "summary": across_repeats(relay_reps)},
+            }
+    return out
+
+
+def run(bench: Bench, engine: EngineHandle, base: dict[str, Any]) -> dict[str, Any]:
+    """Engine rates per session count, with ratios against the run's baselines."""
+    sizes = bench.sizes
+    bench.configure_provider(tokens=sizes.stream_tokens)
+    out: dict[str, Any] = {}
+    for sessions in sizes.stream_sessions:
+        urls = [engine.ws_url(sid) for sid in engine.create_sessions(sessions)]
+        reps: list[dict[str, float]] = []
+        for index in range(sizes.repeats):
+            job = bench.ws_job(urls, warmup=1)
+            # One profile per run, of the busiest case, when profiling is on.
+            with profiled(bench, engine.service, f"stream-{engine.backend}-{sessions}", enabled=index == 0):
+                reps.append(measure(bench, job, engine.service))
+        summary = across_repeats(reps)
+        entry: dict[str, Any] = {"repeats": reps, "summary": summary}
+        baseline = base.get(str(sessions))
+        if baseline and "tokens_per_s" in summary:
+            engine_rate = summary["tokens_per_s"]["median"]
+            for name in ("relay", "direct"):
+                ref = baseline[name]["summary"].get("tokens_per_s", {}).get("median")
+                if ref:
+                    entry[f"ratio_vs_{name}"] = engine_rate / ref
+        out[str(sessions)] = entry
+    return {"sessions": out}

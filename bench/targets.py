@@ -1,0 +1,153 @@
+"""The issue's performance targets, checked against one run's results (reported, never enforced)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+__all__ = ["evaluate_targets", "pick"]
+
+
+def pick(data: Any, *path: str) -> Any:
+    """data[path[0]][path[1]]... or None when any step is missing."""
+    for key in path:
+        if not isinstance(data, dict) or key not in data:
+            return None
+        data = data[key]
+    return data
+
+
+def _row(target: str, goal: str, value: float | None, unit: str, met: bool | None, note: str = "") -> dict:
+    if value is not None and isinstance(value, float) and math.isnan(value):
+        value = None
+    return {
+        "target": target,
+        "goal": goal,
+        "value": value,
+        "unit": unit,
+        "met": None if value is None else met,
+        "note": note,
+    }
+
+
+def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    scenarios = results.get("scenarios", {})
+    rows: list[dict[str, Any]] = []
+    for backend in ("postgres", "sqlite"):
+        value = pick(scenarios, "ttft", backend, "summary", "overhead_p50", "median")
+        if pick(scenarios, "ttft", backend) is not None:
+            rows.append(
+                _row(
+                    f"TTFT overhead p50 ({backend})",
+                    "≤ 3 ms",
+                    value,
+                    "ms",
+                    value is not None and value <= 3.0,
+                )
+            )
+    for backend in ("postgres", "sqlite"):
+        for sessions, entry in (pick(scenarios, "throughput", backend, "sessions") or {}).items():
+            ratio = pick(entry, "ratio_vs_relay")
+            rows.append(
+                _row(
+                    f"Streaming throughput vs bare relay, {sessions} session(s) ({backend})",
+                    "≥ 80%",
+                    None if ratio is None else ratio * 100.0,
+                    "%",
+                    ratio is not None and ratio >= 0.8,
+                )
+            )
+    many = pick(scenarios, "many_streams", "postgres")
+    if many:
+        streams = many.get("streams")
+        note = "" if streams == 1000 else f"measured with {streams} streams (this mode), not 1,000"
+        p99 = pick(many, "engine", "summary", "added_p99", "median")
+        rows.append(
+            _row(
+                "Concurrent streams: added inter-token delay p99",
+                "≤ 50 ms",
+                p99,
+                "ms",
+                p99 is not None and p99 <= 50.0,
+                note,
+            )
+        )
+        rss = pick(many, "engine", "summary", "rss_streaming_kb_per_connection", "median")
+        rows.append(
+            _row(
+                "Concurrent streams: RSS per streaming connection",
+                "≤ 100 KB",
+                rss,
+                "KB",
+                rss is not None and rss <= 100.0,
+                note,
+            )
+        )
+    for backend in ("postgres", "sqlite"):
+        ratio = pick(scenarios, "history", backend, "ratio_p50_largest_vs_smallest")
+        sizes = pick(scenarios, "history", backend, "sizes") or []
+        if pick(scenarios, "history", backend) is not None:
+            label = f"{max(sizes):,} vs {min(sizes):,}" if sizes else "largest vs smallest"
+            rows.append(
+                _row(
+                    f"History scaling, send p50 {label} messages ({backend})",
+                    "≤ 1.2x",
+                    ratio,
+                    "x",
+                    ratio is not None and ratio <= 1.2,
+                )
+            )
+    peer = scenarios.get("peer") or {}
+    top = str(max((results.get("sizes") or {}).get("rest_concurrency") or [64]))
+    ours_rps = pick(scenarios, "rest", "postgres", "send_message", top, "summary", "rps", "median")
+    ours_p99 = pick(scenarios, "rest", "postgres", "send_message", top, "summary", "p99", "median")
+    if peer.get("available"):
+        theirs_rps = pick(peer, "non_streaming", top, "summary", "rps", "median")
+        theirs_p99 = pick(peer, "non_streaming", top, "summary", "p99", "median")
+        if ours_rps is not None and theirs_rps:
+            rows.append(
+                _row(
+                    f"Non-streaming req/s at concurrency {top} vs LiteLLM",
+                    "higher",
+                    ours_rps / theirs_rps,
+                    "x LiteLLM",
+                    ours_rps > theirs_rps,
+                    f"engine {ours_rps:.0f}/s with persistence, LiteLLM {theirs_rps:.0f}/s",
+                )
+            )
+        if ours_p99 is not None and theirs_p99:
+            rows.append(
+                _row(
+                    f"Non-streaming p99 at concurrency {top} vs LiteLLM",
+                    "lower",
+                    ours_p99,
+                    "ms",
+                    ours_p99 < theirs_p99,
+                    f"LiteLLM p99 {theirs_p99:.1f} ms",
+                )
+            )
+    elif "peer" in scenarios:
+        rows.append(
+            _row(
+                f"Non-streaming req/s at concurrency {top} vs LiteLLM",
+                "higher",
+                None,
+                "",
+                None,
+                f"LiteLLM not measured: {peer.get('reason', 'unknown')}",
+            )
+        )
+    soak = pick(scenarios, "soak", "postgres")
+    if soak and "slope_second_half_mb_per_hour" in soak:
+        slope = soak["slope_second_half_mb_per_hour"]
+        rows.append(
+            _row(
+                "Memory soak: RSS slope over the second half",
+                "no unbounded growth",
+                slope,
+                "MB/h",
+                None,
+                f"{soak['seconds']:.0f} s soak; judged in the text, not by a number",
+            )
+        )
+    return rows
