@@ -1,0 +1,64 @@
+"""The send path's database work does not grow with the session's history."""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy import event, insert, update
+
+from aria_engine.db.models import ChatMessage, ChatSession
+
+
+async def _seed_history(engine, session_id: str, count: int) -> None:  # type: ignore[no-untyped-def]
+    sid = uuid.UUID(session_id)
+    rows = [
+        {
+            "id": uuid.uuid4(),
+            "session_id": sid,
+            "seq": seq,
+            "role": "user" if seq % 2 else "assistant",
+            "content": f"message number {seq}",
+            "created_at": ChatSession.created_at.default.arg(None),
+        }
+        for seq in range(1, count + 1)
+    ]
+    async with engine.db_factory.begin() as db:
+        for start in range(0, count, 2000):
+            await db.execute(insert(ChatMessage), rows[start : start + 2000])
+        await db.execute(
+            update(ChatSession).where(ChatSession.id == sid).values(message_count=count, next_seq=count + 1)
+        )
+
+
+async def _statements_for_one_turn(engine, session_id: str) -> list[str]:  # type: ignore[no-untyped-def]
+    statements: list[str] = []
+    sync_engine = engine.db_factory.kw["bind"].sync_engine
+
+    def record(conn, cursor, statement, parameters, context, executemany) -> None:  # type: ignore[no-untyped-def]
+        statements.append(statement.split()[0].upper())
+
+    event.listen(sync_engine, "before_cursor_execute", record)
+    try:
+        response = await engine.send_message(session_id, "and now?", owner="o")
+    finally:
+        event.remove(sync_engine, "before_cursor_execute", record)
+    assert response.finish_reason == "stop"
+    return statements
+
+
+async def test_a_session_with_10000_messages_sends_with_the_same_statements_as_one_with_10(
+    make_engine, fake_llm
+) -> None:  # type: ignore[no-untyped-def]
+    engine = await make_engine()
+    small = await engine.create_session(owner="o", context_window=20)
+    large = await engine.create_session(owner="o", context_window=20)
+    await _seed_history(engine, small["id"], 10)
+    await _seed_history(engine, large["id"], 10_000)
+
+    small_statements = await _statements_for_one_turn(engine, small["id"])
+    large_statements = await _statements_for_one_turn(engine, large["id"])
+
+    assert small_statements == large_statements, (small_statements, large_statements)
+    assert len(small_statements) <= 12, small_statements
+    # The context sent to the provider is bounded by the session's context_window.
+    assert len(fake_llm.requests[-1]["messages"]) <= 1 + 20 + 1
