@@ -12,6 +12,7 @@ import click
 from aria_engine import __version__
 from aria_engine.cli.chat import chat
 from aria_engine.cli.core import migrate, serve, version
+from aria_engine.cli.fake_llm import fake_llm
 from aria_engine.cli.keys import keys
 from aria_engine.cli.transfer import export_command, import_command
 
@@ -31,3 +32,4 @@ cli.add_command(export_command)
 cli.add_command(import_command)
 cli.add_command(chat)
 cli.add_command(keys)
+cli.add_command(fake_llm)

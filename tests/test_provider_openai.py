@@ -1,0 +1,189 @@
+"""The `openai` adapter's wire details, and the fake provider it is tested against (incl. its CLI)."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from aria_engine.config import EngineConfig
+from aria_engine.exceptions import ProviderRejected, ProviderUnavailable
+from aria_engine.llm_gateway import LLMGateway
+from aria_engine.providers.base import ContentDelta, ThinkingDelta
+from aria_engine.providers.openai_compatible import ThinkTagSplitter, status_error
+from aria_engine.testing.fake_llm import FakeLLM, Reply, ToolCall, Usage, write_fake_catalog
+
+HELLO = [{"role": "user", "content": "hi"}]
+
+
+# -- <think> tags ----------------------------------------------------------------------------------------
+
+
+def split_all(pieces: list[str]) -> tuple[str, str]:
+    splitter = ThinkTagSplitter()
+    out = [chunk for piece in pieces for chunk in splitter.feed(piece)] + list(splitter.flush())
+    thinking = "".join(c.text for c in out if isinstance(c, ThinkingDelta))
+    content = "".join(c.text for c in out if isinstance(c, ContentDelta))
+    return thinking, content
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    thinking=st.text(alphabet="ab <>/thinkx", max_size=30).filter(lambda t: "</think>" not in t),
+    answer=st.text(alphabet="ab <>/thinkx", max_size=30).filter(lambda t: "<think>" not in t),
+    cuts=st.lists(st.integers(min_value=0, max_value=80), max_size=12),
+)
+def test_think_tags_split_at_any_cut(thinking: str, answer: str, cuts: list[int]) -> None:
+    stream = f"<think>{thinking}</think>{answer}"
+    points = sorted({c for c in cuts if c < len(stream)} | {0, len(stream)})
+    pieces = [stream[a:b] for a, b in itertools.pairwise(points)]
+    assert split_all(pieces) == (thinking, answer)
+
+
+def test_text_without_tags_passes_through_unchanged() -> None:
+    assert split_all(["a < b", " and c <", "thin", "g"]) == ("", "a < b and c <thing")
+
+
+def test_unterminated_think_is_all_thinking() -> None:
+    assert split_all(["<think>still going"]) == ("still going", "")
+
+
+# -- HTTP status mapping ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 504, 429, 408])
+def test_server_side_statuses_are_retryable(status: int) -> None:
+    error = status_error(status)
+    assert isinstance(error, ProviderUnavailable) and error.retryable
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 422])
+def test_client_side_statuses_are_rejections(status: int) -> None:
+    error = status_error(status)
+    assert isinstance(error, ProviderRejected) and not error.retryable
+    assert error.status_code == status
+
+
+def test_retry_after_is_kept() -> None:
+    assert status_error(429, "2.5").retry_after == 2.5
+    assert status_error(429, "Wed, 21 Oct 2015 07:28:00 GMT").retry_after is None
+
+
+# -- request details ---------------------------------------------------------------------------------------
+
+
+async def test_api_key_and_catalog_headers_are_sent(fake_llm: FakeLLM, tmp_path: Path) -> None:
+    catalog = write_fake_catalog(tmp_path / "models.yaml", fake_llm.base_url, api_key_env="FAKE_KEY")
+    catalog.write_text(
+        catalog.read_text().replace("    api_key_env:", "    headers: {X-Title: Aria}\n    api_key_env:")
+    )
+    gateway = LLMGateway.from_config(EngineConfig(models_path=catalog), env={"FAKE_KEY": "sk-123"})
+    try:
+        await gateway.complete("fake-model", HELLO)
+    finally:
+        await gateway.aclose()
+    headers = fake_llm.request_headers[0]
+    assert headers["authorization"] == "Bearer sk-123"
+    assert headers["x-title"] == "Aria"
+
+
+async def test_no_key_sends_no_authorization(fake_llm: FakeLLM, fake_gateway: LLMGateway) -> None:
+    await fake_gateway.complete("fake-model", HELLO)
+    assert "authorization" not in fake_llm.request_headers[0]
+
+
+async def test_models_can_use_max_completion_tokens(fake_llm: FakeLLM, tmp_path: Path) -> None:
+    extra = "  o-style:\n    provider: fake\n    context_window: 1000\n    max_output_tokens: 300\n"
+    extra += "    max_tokens_field: max_completion_tokens\n"
+    catalog = write_fake_catalog(tmp_path / "models.yaml", fake_llm.base_url, extra_models=extra)
+    gateway = LLMGateway.from_config(EngineConfig(models_path=catalog))
+    try:
+        await gateway.complete("o-style", HELLO)
+        await gateway.complete("o-style", HELLO, max_tokens=20)
+    finally:
+        await gateway.aclose()
+    assert [r.get("max_completion_tokens") for r in fake_llm.requests] == [300, 20]
+    assert all("max_tokens" not in r for r in fake_llm.requests)
+
+
+async def test_tools_are_not_sent_to_models_without_tool_support(fake_llm: FakeLLM, tmp_path: Path) -> None:
+    extra = "  no-tools:\n    provider: fake\n    context_window: 1000\n    supports_tools: false\n"
+    catalog = write_fake_catalog(tmp_path / "models.yaml", fake_llm.base_url, extra_models=extra)
+    gateway = LLMGateway.from_config(EngineConfig(models_path=catalog))
+    tools = [{"type": "function", "function": {"name": "calculate", "parameters": {"type": "object"}}}]
+    try:
+        await gateway.complete("no-tools", HELLO, tools=tools)
+        await gateway.complete("fake-model", HELLO, tools=tools)
+    finally:
+        await gateway.aclose()
+    assert "tools" not in fake_llm.requests[0]
+    assert fake_llm.requests[1]["tools"] == tools
+
+
+# -- the fake provider itself --------------------------------------------------------------------------
+
+
+def test_fake_answers_non_streaming_requests(fake_llm: FakeLLM) -> None:
+    fake_llm.enqueue(
+        Reply("Done.", thinking="plan", tool_calls=[ToolCall("calculate", {"x": 1})], usage=Usage(9, 4, 1))
+    )
+    body = {"model": "fake-model", "messages": HELLO, "stream": False}
+    response = httpx.post(f"{fake_llm.base_url}/chat/completions", json=body, timeout=10)
+
+    assert response.status_code == 200
+    data = response.json()
+    message = data["choices"][0]["message"]
+    assert message["content"] == "Done."
+    assert message["reasoning_content"] == "plan"
+    assert message["tool_calls"][0]["function"] == {"name": "calculate", "arguments": '{"x":1}'}
+    assert data["choices"][0]["finish_reason"] == "tool_calls"
+    assert data["usage"]["prompt_tokens"] == 9 and data["usage"]["completion_tokens"] == 4
+
+
+def test_fake_streams_sse_with_a_final_usage_chunk(fake_llm: FakeLLM) -> None:
+    body = {"model": "m", "messages": HELLO, "stream": True, "stream_options": {"include_usage": True}}
+    with httpx.stream("POST", f"{fake_llm.base_url}/chat/completions", json=body, timeout=10) as response:
+        lines = [line for line in response.iter_lines() if line]
+    assert response.headers["content-type"].startswith("text/event-stream")
+    assert lines[-1] == "data: [DONE]"
+    assert '"choices":[]' in lines[-2] and '"usage"' in lines[-2]
+    assert fake_llm.completed == 1
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def test_fake_llm_command_serves_replies(tmp_path: Path) -> None:
+    port = free_port()
+    command = [sys.executable, "-m", "aria_engine", "fake-llm", "--port", str(port), "--tokens", "5"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ))
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                response = httpx.post(
+                    f"http://127.0.0.1:{port}/v1/chat/completions",
+                    json={"model": "fake-model", "messages": HELLO},
+                    timeout=5,
+                )
+                break
+            except httpx.TransportError:
+                if time.monotonic() > deadline or process.poll() is not None:
+                    raise
+                time.sleep(0.1)
+        assert response.json()["choices"][0]["message"]["content"] == "the engine streams every token"
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
