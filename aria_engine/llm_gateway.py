@@ -75,7 +75,7 @@ logger = logging.getLogger("aria.llm_gateway")
 SHORTCUT_PROVIDER = "custom"  # the provider ARIA_LLM_BASE_URL / ARIA_LLM_MODEL add
 SHORTCUT_KEY_ENV = "ARIA_LLM_API_KEY"
 _MILLION = Decimal(1_000_000)
-_MAX_BACKOFF = 30.0
+_MAX_BACKOFF = 10.0  # even when a Retry-After asks for more: a chat user is waiting
 _END: Any = object()
 
 
@@ -255,6 +255,9 @@ class LLMGateway:
         self._names = {alias: m.id for m in self._models.values() for alias in m.aliases}
         self._names.update({m.id: m.id for m in self._models.values()})
         self.default_model = self._choose_default()
+        # Load the tokenizers now (start-up) rather than inside the first turn's event-loop tick.
+        for name in {m.tokenizer for m in self._models.values() if m.available} & set(tokens.ENCODINGS):
+            tokens.get_encoding(name)
 
     @classmethod
     def from_config(cls, config: EngineConfig, env: Mapping[str, str] | None = None) -> LLMGateway:
