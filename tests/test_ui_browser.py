@@ -318,6 +318,84 @@ def test_search_box_finds_sessions_by_message_text(page: Any, live_server: Any, 
     page.wait_for_function("() => document.querySelectorAll('.session-item').length === 2")
 
 
+DEMO_CATALOG = """\
+default_models: [fake-model]
+providers:
+  fake:
+    kind: openai
+    base_url: {base_url}
+  offline:
+    kind: openai
+    base_url: ${{ARIA_UI_TEST_UNSET_URL}}
+models:
+  fake-model:
+    provider: fake
+    context_window: 32000
+    max_output_tokens: 1024
+  tiny-demo:
+    provider: fake
+    demo: true
+    description: A small demo model
+    context_window: 32000
+    max_output_tokens: 1024
+  offline-model:
+    provider: offline
+    context_window: 32000
+    max_output_tokens: 1024
+"""
+
+
+def test_model_picker_labels_the_demo_model_and_unavailable_ones(
+    page: Any,
+    start_server: Callable[..., Any],
+    api_config: Callable[..., Any],
+    llm_server: FakeLLM,
+    tmp_path: Path,
+) -> None:
+    catalog = tmp_path / "demo-models.yaml"
+    catalog.write_text(DEMO_CATALOG.format(base_url=llm_server.base_url), encoding="utf-8")
+    server = start_server(api_config(models_path=catalog))
+    page.goto(server.base_url + "/")
+    picker = page.get_by_label("Model")
+    page.locator('#model-select option[value="offline-model"]').wait_for(state="attached")
+
+    assert picker.locator("option:checked").inner_text() == "fake-model"  # the server's default
+    assert picker.locator('option[value="tiny-demo"]').inner_text() == "tiny-demo (demo model)"
+    offline = picker.locator('option[value="offline-model"]')
+    assert offline.inner_text() == "offline-model (unavailable)"
+    assert offline.is_disabled()
+
+    session_id = new_session(page, "tiny-demo")
+    assert "tiny-demo (demo model)" in page.locator("#session-totals").inner_text()
+    assert rest(server, "GET", f"/api/engine/chat/sessions/{session_id}")["model"] == "tiny-demo"
+
+
+def test_long_histories_and_session_lists_are_paged(page: Any, live_server: Any, llm_server: FakeLLM) -> None:
+    sessions = [rest(live_server, "POST", "/api/engine/chat/sessions", json={}) for _ in range(21)]
+    oldest, newest = sessions[0]["id"], sessions[-1]["id"]
+    for i in range(26):  # 52 rows: more than the newest page the session view loads
+        path = f"/api/engine/chat/sessions/{newest}/messages"
+        rest(live_server, "POST", path, json={"content": f"question {i}"})
+
+    page.goto(f"{live_server.base_url}/#{newest}")
+    messages = page.locator("#message-list")
+    messages.get_by_text("question 25").wait_for()
+    assert messages.get_by_text("question 0", exact=True).count() == 0
+    page.get_by_role("button", name="Load earlier messages").click()
+    messages.get_by_text("question 0", exact=True).wait_for()
+    assert page.locator("#message-list article.user").count() == 26
+    assert page.get_by_role("button", name="Load earlier messages").is_hidden()
+
+    items = page.locator(".session-item")
+    assert items.count() == 20
+    assert items.first.get_attribute("data-session-id") == newest  # newest first
+    page.get_by_role("button", name="Next page of sessions").click()
+    page.get_by_text("Page 2 of 2").wait_for()
+    assert [items.nth(i).get_attribute("data-session-id") for i in range(items.count())] == [oldest]
+    page.get_by_role("button", name="Previous page of sessions").click()
+    page.get_by_text("Page 1 of 2").wait_for()
+
+
 XSS = (
     '<img src=x onerror="window.__xss=1"> <script>window.__xss=2</script> '
     '[click me](javascript:window.__xss=3) <svg onload="window.__xss=4"></svg> '

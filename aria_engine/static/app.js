@@ -70,6 +70,7 @@
   const state = {
     apiKey: sessionStorage.getItem(KEY_STORAGE) || "",
     keyPrompt: null, // the pending "ask for a key" promise, shared by concurrent 401s
+    models: new Map(), // id -> model from /api/engine/models, to label demo models everywhere
     page: 1,
     pages: 1,
     q: "",
@@ -124,6 +125,12 @@
 
   function announce(message) {
     ui.srStatus.textContent = message;
+  }
+
+  function modelLabel(id) {
+    if (!id) return "";
+    const model = state.models.get(id);
+    return model && model.is_demo ? `${id} (demo model)` : id;
   }
 
   // ── REST ───────────────────────────────────────────────────────────────────────────────────────
@@ -213,7 +220,8 @@
       reportError(err);
       return;
     }
-    const models = Array.isArray(data) ? data : data.models || data.items || data.data || [];
+    const models = Array.isArray(data) ? data : data.items || data.models || [];
+    state.models = new Map(models.map((m) => [m.id, m]));
     ui.modelSelect.replaceChildren();
     const fallback = el("option", null, "Server default");
     fallback.value = "";
@@ -221,8 +229,7 @@
     for (const m of models) {
       const id = m.id || m.name;
       if (!id) continue;
-      let label = id;
-      if (m.is_demo) label += " (demo model)";
+      let label = modelLabel(id);
       if (m.available === false) label += " (unavailable)";
       const option = el("option", null, label);
       option.value = id;
@@ -260,7 +267,7 @@
       if (s.id === current) button.setAttribute("aria-current", "true");
       button.appendChild(el("span", "session-name", s.title || "Untitled session"));
       const meta = el("span", "session-meta");
-      meta.textContent = [s.model, `${s.message_count || 0} msgs`, formatTime(s.updated_at || s.created_at)]
+      meta.textContent = [modelLabel(s.model), `${s.message_count || 0} msgs`, formatTime(s.updated_at || s.created_at)]
         .filter(Boolean).join(" · ");
       button.appendChild(meta);
       if (s.status === "ended") button.appendChild(el("span", "badge", "ended"));
@@ -439,7 +446,7 @@
     }
     ui.title.textContent = s.title || "Untitled session";
     const totals = [
-      s.model,
+      modelLabel(s.model),
       `${s.message_count || 0} messages`,
       `${s.total_tokens || 0} tokens`,
       formatCost(s.total_cost_usd ?? s.total_cost),
@@ -931,8 +938,8 @@
   async function start() {
     wire();
     updateComposer();
+    await loadModels(); // first: session rows label demo models
     await loadSessions();
-    await loadModels();
     const fromHash = decodeURIComponent(location.hash.slice(1));
     if (fromHash) await openSession(fromHash);
   }
