@@ -59,6 +59,7 @@ from aria_engine.exceptions import (
     SessionNotFound,
     ValidationError,
 )
+from aria_engine.llm_gateway import ToolCallAssembler
 from aria_engine.providers.base import (
     ContentDelta,
     FinishChunk,
@@ -82,6 +83,10 @@ T = TypeVar("T")
 
 MAX_MESSAGE_CHARS = 100_000
 TITLE_CHARS = 80
+_TITLE_INSTRUCTION = (
+    "Write a short title (at most six words) for a conversation that starts with the user's message. "
+    "Answer with the title only, without quotes."
+)
 _TERMINAL_REASONS = {reason.value for reason in FinishReason} - {FinishReason.TOOL_CALLS.value}
 
 
@@ -119,7 +124,7 @@ class _Call:
     messages: list[dict[str, Any]]
     content: list[str] = field(default_factory=list)
     thinking: list[str] = field(default_factory=list)
-    tool_fragments: dict[int, dict[str, Any]] = field(default_factory=dict)
+    tool_fragments: ToolCallAssembler = field(default_factory=ToolCallAssembler)
     usage: UsageChunk | None = None
     finish: str | None = None
     started: float = field(default_factory=time.perf_counter)
@@ -131,17 +136,7 @@ class _Call:
         return "".join(self.thinking) or None
 
     def tool_calls(self) -> list[dict[str, Any]]:
-        calls = []
-        for index in sorted(self.tool_fragments):
-            fragment = self.tool_fragments[index]
-            calls.append(
-                {
-                    "id": fragment["id"] or f"call_{uuid.uuid4().hex[:24]}",
-                    "type": "function",
-                    "function": {"name": fragment["name"], "arguments": "".join(fragment["arguments"])},
-                }
-            )
-        return calls
+        return self.tool_fragments.calls()
 
 
 @dataclass(slots=True)
@@ -208,6 +203,13 @@ class ChatEngine:
         self.prompts = prompts
         # Renewed every third of its length while a turn runs, so a crashed holder frees it quickly.
         self.lease_seconds = 60.0
+        self._background: set[asyncio.Task[None]] = set()  # title generation; bounded by live sessions
+
+    async def aclose(self) -> None:
+        """Stop background work (title generation). Running turns belong to their callers."""
+        for task in list(self._background):
+            task.cancel()
+        await asyncio.gather(*self._background, return_exceptions=True)
 
     @property
     def db_factory(self) -> async_sessionmaker[AsyncSession]:
@@ -494,6 +496,8 @@ class ChatEngine:
             yield StartEvent(control.turn_id, turn.next_seq(), str(user_row.id), str(sid), info.id)
             async for event in self._run_rounds(turn, session, info, enable_thinking, enable_tools):
                 yield event
+            if session.title is None and self.config.title_model:
+                self._spawn(self._generate_title(sid, _clean_title(content), content))
         except BaseException as exc:  # cancellation, consumer gone, or a failure mid-turn
             if isinstance(exc, asyncio.CancelledError | GeneratorExit):
                 control.final_event = await _shielded(self._finish(turn, control.reason))
@@ -532,8 +536,12 @@ class ChatEngine:
                 idempotency_key=idempotency_key,
             )
             if session.title is None:
+                # The object keeps title None (no in-session sync): it tells the turn this is the first.
                 await db.execute(
-                    update(ChatSession).where(ChatSession.id == sid).values(title=_clean_title(content))
+                    update(ChatSession)
+                    .where(ChatSession.id == sid)
+                    .values(title=_clean_title(content))
+                    .execution_options(synchronize_session=False)
                 )
         return session, info, user_row
 
@@ -618,12 +626,7 @@ class ChatEngine:
                     yield ThinkingEvent(turn_id, turn.next_seq(), chunk.text)
                 elif isinstance(chunk, ToolCallDelta):
                     self._mark_first_output(turn)
-                    fragment = call.tool_fragments.setdefault(
-                        chunk.index, {"id": None, "name": "", "arguments": []}
-                    )
-                    fragment["id"] = fragment["id"] or chunk.id
-                    fragment["name"] = fragment["name"] or (chunk.name or "")
-                    fragment["arguments"].append(chunk.arguments)
+                    call.tool_fragments.add(chunk)
                 elif isinstance(chunk, UsageChunk):
                     call.usage = chunk
                 elif isinstance(chunk, FinishChunk):
@@ -788,6 +791,45 @@ class ChatEngine:
                     await store.renew_turn_lease(db, turn.session_id, turn.turn_id, self.lease_seconds)
             except Exception:  # a missed renewal is retried next time; the turn itself goes on
                 logger.warning("turn lease renewal failed", exc_info=True)
+
+    # -- titles ------------------------------------------------------------------------------------
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _generate_title(self, sid: uuid.UUID, auto_title: str, content: str) -> None:
+        """Ask the configured title model for a short title, after the turn (it never blocks one).
+
+        The title call's usage is kept in the session metadata (`title_usage`), not in the message
+        totals, since it belongs to no message.
+        """
+        assert self.config.title_model is not None
+        prompt = [
+            {"role": "system", "content": _TITLE_INSTRUCTION},
+            {"role": "user", "content": content[:2000]},
+        ]
+        try:
+            completion = await self.gateway.complete(self.config.title_model, prompt, max_tokens=24)
+        except EngineError as exc:
+            logger.warning("title generation failed", extra={"code": exc.code})
+            return
+        title = _clean_title(completion.content.strip().strip("\"'"))
+        if not title:
+            return
+        usage = {
+            "model": completion.model_id,
+            "input_tokens": completion.usage.input_tokens,
+            "output_tokens": completion.usage.output_tokens,
+            "cost": _money(completion.cost),
+        }
+        async with self._db_factory.begin() as db:
+            row = await db.get(ChatSession, sid)
+            if row is None or row.title != auto_title:
+                return  # deleted, or renamed by the user meanwhile: their title wins
+            row.title = title
+            row.metadata_ = {**(row.metadata_ or {}), "title_usage": usage}
 
     # -- idempotency and recovery ------------------------------------------------------------------
 

@@ -97,3 +97,21 @@ async def test_agent_ids_must_be_safe_slugs(make_engine) -> None:  # type: ignor
     for bad in ["../etc", "a/b", "", "x" * 65, "a\x00b", ".hidden"]:
         with pytest.raises(ValidationError):
             await engine.create_session(owner="o", agent_id=bad)
+
+
+async def test_a_configured_title_model_names_the_session_after_its_first_turn(make_engine, fake_llm) -> None:  # type: ignore[no-untyped-def]
+    import asyncio
+
+    engine = await make_engine(title_model="fake-alt")
+    session = await engine.create_session(owner="o")
+    fake_llm.enqueue(Reply("Sure, here is the plan."))
+    fake_llm.enqueue(Reply('"Garden Planning Tips"'), model="fake-alt")
+    response = await engine.send_message(session["id"], "help me   plan my garden", owner="o")
+    assert response.content == "Sure, here is the plan."
+    await asyncio.gather(*engine._background)
+    detail = await engine.get_session(session["id"], owner="o")
+    assert detail["title"] == "Garden Planning Tips"
+    assert detail["metadata"]["title_usage"]["model"] == "fake-alt"
+    # The title call is not a message: the totals are the turn's alone.
+    assert detail["message_count"] == 2
+    await engine.aclose()
