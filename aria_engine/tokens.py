@@ -23,7 +23,7 @@ import logging
 import os
 import tempfile
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -76,7 +76,9 @@ def count_tokens(text: str, encoding: str = "cl100k_base") -> int:
     return len(enc.encode_ordinary(text))
 
 
-def count_message_tokens(messages: Iterable[Mapping[str, Any]], count: Any = None) -> int:
+def count_message_tokens(
+    messages: Iterable[Mapping[str, Any]], count: Callable[[str], int] | None = None
+) -> int:
     """Prompt tokens for chat messages, the way OpenAI's chat format frames them.
 
     `count` is a `str -> int` counter (default: cl100k_base). Tool calls count their name and arguments.
@@ -96,7 +98,7 @@ def count_message_tokens(messages: Iterable[Mapping[str, Any]], count: Any = Non
     return total
 
 
-def _count_content(content: Any, counter: Any) -> int:
+def _count_content(content: Any, counter: Callable[[str], int]) -> int:
     if isinstance(content, str):
         return int(counter(content))
     if isinstance(content, list):  # multi-part content: count the text parts

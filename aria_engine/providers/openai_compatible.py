@@ -44,7 +44,7 @@ logger = logging.getLogger("aria.providers.openai")
 _OPEN, _CLOSE = "<think>", "</think>"
 _FINISH = {"stop": "stop", "length": "length", "tool_calls": "tool_calls", "function_call": "tool_calls"}
 _RETRYABLE_STATUS = {408, 409, 425, 429}
-_MAX_ERROR_BODY = 4096
+_MAX_ERROR_BODY = 1024  # logged for operators; never sent to clients
 
 
 class ThinkTagSplitter:

@@ -356,6 +356,7 @@ class FakeLLM:
             lifespan="off",
             ws="none",
             interface="asgi3",
+            timeout_graceful_shutdown=1,  # a stalled stream must not hold up the test run's end
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, name="fake-llm", daemon=True)
