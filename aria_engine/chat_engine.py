@@ -139,6 +139,16 @@ class _Call:
         return self.tool_fragments.calls()
 
 
+@dataclass(slots=True, frozen=True)
+class _Plan:
+    """What a turn will send, decided before it starts: model, tools, system prompt, token budget."""
+
+    info: ModelInfo
+    schemas: list[dict[str, Any]]
+    system_prompt: str
+    budget: int
+
+
 @dataclass(slots=True)
 class _Turn:
     """State of one running turn: ids, the event counter and the turn's running totals."""
@@ -489,12 +499,15 @@ class ChatEngine:
                 for event in replay:
                     yield event
                 return
-        session, info, user_row = await self._begin_turn(sid, owner, content, idempotency_key, control)
+        session, plan, user_row = await self._begin_turn(
+            sid, owner, content, idempotency_key, control, enable_tools
+        )
+        info = plan.info
         turn = _Turn(control=control, session_id=sid, agent_id=session.agent_id, model_id=info.id)
         heartbeat = asyncio.create_task(self._renew_lease_forever(turn))
         try:
             yield StartEvent(control.turn_id, turn.next_seq(), str(user_row.id), str(sid), info.id)
-            async for event in self._run_rounds(turn, session, info, enable_thinking, enable_tools):
+            async for event in self._run_rounds(turn, session, plan, enable_thinking):
                 yield event
             if session.title is None and self.config.title_model:
                 self._spawn(self._generate_title(sid, _clean_title(content), content))
@@ -515,13 +528,14 @@ class ChatEngine:
         content: str,
         idempotency_key: str | None,
         control: TurnControl,
-    ) -> tuple[ChatSession, ModelInfo, ChatMessage]:
+        enable_tools: bool,
+    ) -> tuple[ChatSession, _Plan, ChatMessage]:
         """Checks that can fail, then the lease and the user row in one transaction."""
         async with self._db_factory.begin() as db:
             session = await self._load_session(db, sid, owner)
             if session.status != "active":
                 raise SessionEnded()
-            info = self.gateway.resolve(session.model)
+            plan = self._plan(session, content, enable_tools)
             if not await store.acquire_turn_lease(db, sid, uuid.UUID(control.turn_id), self.lease_seconds):
                 raise SessionBusy()
             if session.active_turn_id is not None:
@@ -543,11 +557,11 @@ class ChatEngine:
                     .values(title=_clean_title(content))
                     .execution_options(synchronize_session=False)
                 )
-        return session, info, user_row
+        return session, plan, user_row
 
-    async def _run_rounds(
-        self, turn: _Turn, session: ChatSession, info: ModelInfo, enable_thinking: bool, enable_tools: bool
-    ) -> AsyncIterator[TurnEvent]:
+    def _plan(self, session: ChatSession, content: str, enable_tools: bool) -> _Plan:
+        """Resolve the model and budget; refuse a message that cannot fit before anything starts."""
+        info = self.gateway.resolve(session.model)
         use_tools = enable_tools and info.supports_tools and self.config.max_tool_rounds > 0
         schemas = self.tools.schemas(session.agent_id) if use_tools else []
         schema_tokens = self.gateway.count_tokens(info.id, orjson.dumps(schemas).decode()) if schemas else 0
@@ -560,6 +574,19 @@ class ChatEngine:
         system_prompt = self.prompts.build(
             agent_id=session.agent_id, override=session.system_prompt, tool_schemas=schemas
         )
+        needed = self.gateway.count_tokens(info.id, system_prompt) + self.gateway.count_tokens(
+            info.id, content
+        )
+        if needed > budget:
+            raise PayloadTooLarge(
+                f"The message does not fit the model's context window ({needed} of {budget} tokens)."
+            )
+        return _Plan(info, schemas, system_prompt, budget)
+
+    async def _run_rounds(
+        self, turn: _Turn, session: ChatSession, plan: _Plan, enable_thinking: bool
+    ) -> AsyncIterator[TurnEvent]:
+        info, schemas = plan.info, plan.schemas
         for round_no in range(self.config.max_tool_rounds + 1):
             # The last allowed round offers no tools, so the model has to answer in text.
             offered = schemas if round_no < self.config.max_tool_rounds else []
@@ -569,11 +596,11 @@ class ChatEngine:
                     session_id=turn.session_id,
                     model_id=info.id,
                     context_window=session.context_window,
-                    budget_tokens=budget,
-                    system_prompt=system_prompt,
+                    budget_tokens=plan.budget,
+                    system_prompt=plan.system_prompt,
                 )
             turn.call = _Call(model_id=info.id, messages=messages)
-            async for event in self._stream_call(turn, session, offered, enable_thinking, max_output):
+            async for event in self._stream_call(turn, session, offered, enable_thinking):
                 yield event
             call = turn.call
             calls = call.tool_calls()
@@ -601,7 +628,6 @@ class ChatEngine:
         session: ChatSession,
         tools: list[dict[str, Any]],
         enable_thinking: bool,
-        max_output: int | None,
     ) -> AsyncIterator[TurnEvent]:
         call = turn.call
         assert call is not None

@@ -191,6 +191,8 @@ async def test_checks_fail_before_anything_starts(make_engine, fake_llm) -> None
         await engine.send_message(session["id"], "   ", owner="alice")
     with pytest.raises(PayloadTooLarge):
         await engine.send_message(session["id"], "x" * 100_001, owner="alice")
+    with pytest.raises(PayloadTooLarge):  # fits the length limit, not the model's context window
+        await engine.send_message(session["id"], "word " * 20_000, owner="alice")
     await engine.end_session(session["id"], owner="alice")
     with pytest.raises(SessionEnded):
         await engine.send_message(session["id"], "hi", owner="alice")
