@@ -64,7 +64,9 @@ class EngineConfig(BaseSettings):
     models_path: Path = Field(
         default=REPO_ROOT / "models.yaml", validation_alias=_env("ARIA_MODELS_PATH", "models_path")
     )
-    prompts_dir: Path | None = Field(default=None, validation_alias=_env("ARIA_PROMPTS_DIR", "prompts_dir"))
+    prompts_dir: Path | None = Field(
+        default=REPO_ROOT / "prompts", validation_alias=_env("ARIA_PROMPTS_DIR", "prompts_dir")
+    )
     redis_url: str | None = Field(default=None, validation_alias=_env("REDIS_URL", "redis_url"))
     auto_migrate: bool | None = None  # None: migrate automatically only for SQLite
 
