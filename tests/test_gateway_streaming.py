@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
+import anyio
 import pytest
 
 from aria_engine.exceptions import UnknownModel
@@ -221,3 +222,19 @@ async def test_list_models_describes_every_model(fake_gateway: LLMGateway) -> No
     assert fake.reasoning and fake.available and fake.enabled and not fake.is_demo
     assert fake.to_dict()["input_price"] == "1.25"
     assert fake_gateway.default_model == "fake-model"
+
+
+async def test_concurrent_streams_do_not_mix(fake_llm: FakeLLM, fake_gateway: LLMGateway) -> None:
+    fake_llm.enqueue(*[Reply(" ".join([f"a{n}"] * 30), delay=0.001) for n in range(20)])
+    answers: list[str] = []
+
+    async def ask() -> None:
+        answers.append(text_of(await collect(fake_gateway, "fake-alt"), ContentDelta))
+
+    async with anyio.create_task_group() as group:
+        for _ in range(20):
+            group.start_soon(ask)
+
+    # Each stream got exactly one whole scripted answer: no chunk went to the wrong consumer.
+    assert sorted(answers) == sorted(" ".join([f"a{n}"] * 30) for n in range(20))
+    assert fake_llm.completed == 20

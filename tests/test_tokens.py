@@ -15,6 +15,8 @@ import pytest
 
 from aria_engine import tokens
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
 # Published reference encodings (OpenAI cookbook, "How to count tokens with tiktoken").
 REFERENCE = [
     ("cl100k_base", "tiktoken is great!", [83, 1609, 5963, 374, 2294, 0]),
@@ -85,6 +87,7 @@ NO_NETWORK_SCRIPT = textwrap.dedent(
     sys.addaudithook(refuse_network)
 
     from aria_engine import tokens
+
     for name in ("cl100k_base", "o200k_base"):
         assert tokens.get_encoding(name) is not None, name
     print(tokens.count_tokens("tiktoken is great!"), tokens.count_tokens("hello", "o200k_base"))
@@ -102,3 +105,15 @@ def test_loading_from_an_empty_cache_never_touches_the_network(tmp_path: Path) -
     assert result.stdout.split() == ["6", "1"]
     assert "unavailable offline" not in result.stderr
     assert len(list((tmp_path / "empty-cache" / "aria-engine" / "tiktoken").iterdir())) == 2
+
+
+def test_the_gateway_counts_with_each_models_tokenizer() -> None:
+    from aria_engine.config import EngineConfig
+    from aria_engine.llm_gateway import LLMGateway
+
+    gateway = LLMGateway.from_config(EngineConfig(models_path=REPO_ROOT / "models.yaml"), env={})
+    text = "お誕生日おめでとう"
+    assert gateway.count_tokens("gpt-4o-mini", text) == 8  # o200k_base
+    assert gateway.count_tokens("vllm-qwen3", text) == 9  # cl100k_base, the default
+    assert gateway.count_tokens("no-such-model", text) == 9
+    assert gateway.count_tokens("gpt-4o-mini", "") == 0

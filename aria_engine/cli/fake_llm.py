@@ -42,5 +42,5 @@ def fake_llm(host: str, port: int, tokens: int, token_delay: float, text: str | 
 
     reply_text = text or " ".join(itertools.islice(itertools.cycle(_WORDS), tokens))
     server = FakeLLM(host=host, port=port, default_reply=Reply(reply_text, delay=token_delay))
-    click.echo(f"fake LLM on http://{host}:{port}/v1 ({len(reply_text.split())} chunks per reply)")
+    click.echo(f"fake LLM: {len(reply_text.split())} chunks per reply, {token_delay}s before each")
     server.serve_forever()

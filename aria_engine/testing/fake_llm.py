@@ -384,7 +384,8 @@ class FakeLLM:
             self.app,
             host=self.host,
             port=self.port,
-            log_level="warning",
+            log_level="info",  # prints the bound address (useful with --port 0); no access log
+            access_log=False,
             lifespan="off",
             ws="none",
             interface="asgi3",
