@@ -118,7 +118,8 @@ class OpenAICompatibleProvider:
         base_url: e.g. "https://api.openai.com/v1" or "http://127.0.0.1:11434/v1".
         api_key: sent as a Bearer token when given (read from the environment by the caller).
         headers: extra headers (e.g. OpenRouter's HTTP-Referer).
-        connect_timeout: seconds to open the connection and send the request.
+        connect_timeout: seconds to get a connection (pool or new) and send the request.
+        max_connections: concurrent requests to this provider.
     """
 
     def __init__(
@@ -129,7 +130,7 @@ class OpenAICompatibleProvider:
         api_key: str | None = None,
         headers: dict[str, str] | None = None,
         connect_timeout: float = 10.0,
-        max_connections: int = 100,
+        max_connections: int = 1000,
     ) -> None:
         self.name = name
         all_headers = {"Accept": "text/event-stream", "Content-Type": "application/json", **(headers or {})}
@@ -143,7 +144,8 @@ class OpenAICompatibleProvider:
             base_url=base_url.rstrip("/") + "/",
             headers=all_headers,
             timeout=timeout,
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=20),
+            # A stream holds its connection for the whole answer: the pool must cover concurrent turns.
+            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=50),
         )
 
     async def aclose(self) -> None:
@@ -174,7 +176,7 @@ class OpenAICompatibleProvider:
                     raise status_error(response.status_code, response.headers.get("retry-after"))
                 async for chunk in _decode(response):
                     yield chunk
-        except httpx.ConnectTimeout as exc:
+        except (httpx.ConnectTimeout, httpx.PoolTimeout, httpx.WriteTimeout) as exc:
             raise ProviderTimeout("connect") from exc
         except httpx.TimeoutException as exc:
             raise ProviderTimeout("idle") from exc
