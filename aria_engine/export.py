@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import anyio.to_thread
 import orjson
@@ -43,7 +43,6 @@ from aria_engine.db.models import ChatMessage, ChatSession
 from aria_engine.exceptions import SessionNotFound, ValidationError
 
 if TYPE_CHECKING:
-    from sqlalchemy.engine import Row
     from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
     from aria_engine.config import EngineConfig
@@ -85,26 +84,33 @@ _OPENCLAW_STOP = {
     "interrupted": "aborted",
 }
 
-_MESSAGE_COLUMNS = (
-    ChatMessage.seq,
-    ChatMessage.turn_id,
-    ChatMessage.role,
-    ChatMessage.content,
-    ChatMessage.thinking,
-    ChatMessage.tool_calls,
-    ChatMessage.tool_call_id,
-    ChatMessage.tool_name,
-    ChatMessage.model,
-    ChatMessage.input_tokens,
-    ChatMessage.output_tokens,
-    ChatMessage.reasoning_tokens,
-    ChatMessage.cost,
-    ChatMessage.latency_ms,
-    ChatMessage.ttft_ms,
-    ChatMessage.finish_reason,
-    ChatMessage.metadata_,
-    ChatMessage.created_at,
-)
+
+class _Message(NamedTuple):
+    """One exported row. A plain tuple: attribute access on SQLAlchemy rows costs far more per row."""
+
+    seq: int
+    turn_id: uuid.UUID | None
+    role: str
+    content: str
+    thinking: str | None
+    tool_calls: list[dict[str, Any]] | None
+    tool_call_id: str | None
+    tool_name: str | None
+    model: str | None
+    input_tokens: int
+    output_tokens: int
+    reasoning_tokens: int
+    cost: Decimal
+    latency_ms: int | None
+    ttft_ms: int | None
+    finish_reason: str | None
+    metadata_: dict[str, Any] | None
+    created_at: datetime
+
+
+_TABLE = ChatMessage.__table__.c
+# Core columns in _Message's order ("metadata" is the column behind the ORM's `metadata_`).
+_MESSAGE_COLUMNS = [_TABLE["metadata" if name == "metadata_" else name] for name in _Message._fields]
 
 
 # -- ids and paths ---------------------------------------------------------------------------------------
@@ -260,21 +266,19 @@ def _format(fmt: str) -> tuple[str, str]:
 
 async def _pages(
     db_factory: async_sessionmaker[AsyncSession], session_id: uuid.UUID, end_seq: int
-) -> AsyncIterator[Sequence[Row[Any]]]:
+) -> AsyncIterator[list[_Message]]:
     after = 0
     while after < end_seq - 1:
+        query = (
+            select(*_MESSAGE_COLUMNS)
+            .where(_TABLE.session_id == session_id, _TABLE.seq > after, _TABLE.seq < end_seq)
+            .order_by(_TABLE.seq)
+            .limit(PAGE_SIZE)
+        )
         async with db_factory() as db:
-            query = (
-                select(*_MESSAGE_COLUMNS)
-                .where(
-                    ChatMessage.session_id == session_id,
-                    ChatMessage.seq > after,
-                    ChatMessage.seq < end_seq,
-                )
-                .order_by(ChatMessage.seq)
-                .limit(PAGE_SIZE)
-            )
-            rows = (await db.execute(query)).all()
+            # A Core query on the connection: no ORM loading machinery per row.
+            result = await (await db.connection()).execute(query)
+            rows = [_Message._make(row) for row in result]
         if not rows:
             return
         yield rows
@@ -352,11 +356,11 @@ class _Writer(ABC):
     def header(self) -> bytes:
         return b""
 
-    def rows(self, rows: Sequence[Row[Any]]) -> bytes:
+    def rows(self, rows: Sequence[_Message]) -> bytes:
         return b"".join(self.row(row) for row in rows)
 
     @abstractmethod
-    def row(self, row: Row[Any]) -> bytes: ...
+    def row(self, row: _Message) -> bytes: ...
 
     def footer(self) -> bytes:
         return b""
@@ -394,7 +398,7 @@ class _JsonlWriter(_Writer):
             }
         )
 
-    def row(self, row: Row[Any]) -> bytes:
+    def row(self, row: _Message) -> bytes:
         line: dict[str, Any] = {
             "role": row.role,
             "content": row.content,
@@ -456,7 +460,7 @@ class _MarkdownWriter(_Writer):
             lines += ["", "**System prompt**", "", _fenced(s.system_prompt).rstrip("\n")]
         return ("\n".join(lines) + "\n\n---\n\n").encode()
 
-    def row(self, row: Row[Any]) -> bytes:
+    def row(self, row: _Message) -> bytes:
         parts = [f"### {row.role.capitalize()} · {_iso(row.created_at)}\n\n"]
         if row.thinking:
             parts.append(f"<details><summary>Thinking</summary>\n\n{_escape(row.thinking)}\n\n</details>\n\n")
@@ -523,7 +527,7 @@ class _OpenClawWriter(_Writer):
         name = self._entry("session_info", s.created_at, name=s.title) if s.title else b""
         return first + model + name
 
-    def row(self, row: Row[Any]) -> bytes:
+    def row(self, row: _Message) -> bytes:
         prefix = b""
         if row.role == "assistant" and row.model and row.model != self._model:
             self._model = row.model
@@ -540,7 +544,7 @@ class _OpenClawWriter(_Writer):
             )
         return prefix + self._entry("message", row.created_at, message=self._message(row))
 
-    def _message(self, row: Row[Any]) -> dict[str, Any]:
+    def _message(self, row: _Message) -> dict[str, Any]:
         when = _millis(row.created_at)
         text = [{"type": "text", "text": row.content}] if row.content else []
         if row.role == "tool":
@@ -616,7 +620,7 @@ class _OpenAIWriter(_Writer):
             start += self._item({"role": "system", "content": self.session.system_prompt})
         return start
 
-    def row(self, row: Row[Any]) -> bytes:
+    def row(self, row: _Message) -> bytes:
         if row.role == "tool":
             return self._item(
                 {"role": "tool", "tool_call_id": row.tool_call_id or "", "content": row.content}

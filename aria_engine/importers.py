@@ -111,6 +111,10 @@ class _Report:
 
     def skip(self, line: int, reason: str) -> None:
         self.skipped += 1
+        self.note(line, reason)
+
+    def note(self, line: int, reason: str) -> None:
+        """A problem that did not cost a line (a header field replaced by its default, a broken chain)."""
         if len(self.problems) < MAX_PROBLEMS:
             self.problems.append((line, reason))
 
@@ -300,6 +304,7 @@ class _JsonlSource:
 
     def __init__(self) -> None:
         self.header: dict[str, Any] = {}
+        self.agent_id: str | None = None
         self.title: str | None = None
         self.model: str | None = None
 
@@ -308,6 +313,7 @@ class _JsonlSource:
             if value and all(isinstance(key, str) and key.startswith("_") for key in value):
                 if not self.header:
                     self.header = value
+                    self.agent_id = _header_agent(value.get("_agent_id"), report, number)
                 continue
             spool.put(number, None, value)
 
@@ -330,7 +336,7 @@ class _JsonlSource:
             value = h.get(f"_{key}")
             if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= _INT32:
                 fields[key] = value
-        fields["agent_id"] = _header_agent(h.get("_agent_id"), report)
+        fields["agent_id"] = self.agent_id
         fields["source_id"] = h.get("_session_id") if isinstance(h.get("_session_id"), str) else None
         return fields
 
@@ -445,7 +451,7 @@ class _OpenClawSource:
             self.path.add(node)
             parent = self.parents.get(node)
             if parent is not None and parent not in self.parents:
-                report.skip(0, "the active branch refers to a missing parent entry; it starts after the gap")
+                report.note(0, "the active branch refers to a missing parent entry; it starts after the gap")
                 break
             node = parent
         self.off_branch = len(self.parents) - len(self.path)
@@ -602,13 +608,13 @@ def _clip(value: Any, limit: int) -> str | None:
     return value[:limit] if isinstance(value, str) and value else None
 
 
-def _header_agent(value: Any, report: _Report) -> str | None:
+def _header_agent(value: Any, report: _Report, line: int) -> str | None:
     if value is None:
         return None
     try:
         return validate_agent_id(value)
     except ValidationError:
-        report.skip(1, "agent id in the header is not a safe slug; using the default")
+        report.note(line, "agent id in the header is not a safe slug; using the default")
         return None
 
 
