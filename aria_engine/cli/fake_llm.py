@@ -41,6 +41,8 @@ def fake_llm(host: str, port: int, tokens: int, token_delay: float, text: str | 
     from aria_engine.testing.fake_llm import FakeLLM, Reply
 
     reply_text = text or " ".join(itertools.islice(itertools.cycle(_WORDS), tokens))
-    server = FakeLLM(host=host, port=port, default_reply=Reply(reply_text, delay=token_delay))
+    server = FakeLLM(
+        host=host, port=port, default_reply=Reply(reply_text, delay=token_delay), record_requests=False
+    )
     click.echo(f"fake LLM: {len(reply_text.split())} chunks per reply, {token_delay}s before each")
     server.serve_forever()

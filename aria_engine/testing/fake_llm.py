@@ -288,10 +288,18 @@ class FakeLLM:
     Args:
         host, port: where to listen (port 0: a free port).
         default_reply: what to answer when no script is queued.
+        record_requests: keep `requests` / `request_headers` (tests); off for benchmarks.
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, default_reply: Reply | None = None) -> None:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        default_reply: Reply | None = None,
+        record_requests: bool = True,
+    ) -> None:
         self.host = host
+        self.record_requests = record_requests  # off for long benchmark runs: the log would grow forever
         self.port = port
         self.default_reply = default_reply or Reply()
         self.requests: list[dict[str, Any]] = []
@@ -431,9 +439,10 @@ class FakeLLM:
 
     def _take(self, body: dict[str, Any], headers: dict[str, str]) -> Script:
         with self._lock:
-            self.requests.append(body)
-            self.request_headers.append(headers)
-            self._changed.notify_all()
+            if self.record_requests:
+                self.requests.append(body)
+                self.request_headers.append(headers)
+                self._changed.notify_all()
             queue = self._model_queues.get(str(body.get("model")))
             if queue:
                 return queue.popleft()
@@ -549,6 +558,8 @@ class FakeLLM:
             return _render(reply, model)
         cached = self._default_cache.get(model)
         if cached is None:  # the default reply is serialized once per model name, then reused
+            if len(self._default_cache) >= 64:  # bounded: arbitrary model names cannot grow it forever
+                self._default_cache.clear()
             cached = self._default_cache[model] = _render(reply, model)
         return cached
 
