@@ -1,6 +1,6 @@
-"""Load generator: runs in its own process, reads one JSON job on stdin, prints one JSON result on stdout.
+"""Load generator: runs in its own process, reads one JSON job on stdin, writes one JSON result file.
 
-    echo '{"kind": "ws_turns", ...}' | python -m bench.loadgen
+    echo '{"kind": "ws_turns", "result_path": "/tmp/r.json", ...}' | python -m bench.loadgen
 
 Job kinds:
 - `ws_turns`: one WebSocket per URL, `turns` sequential turns each (`{"type": "message"}` -> frames up
@@ -24,6 +24,7 @@ import asyncio
 import itertools
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -217,7 +218,7 @@ async def _sse_turns(job: Job) -> dict[str, Any]:
 async def _http(job: Job) -> dict[str, Any]:
     """Closed loop: each worker sends its request again as soon as the previous answer is read.
 
-    With `duration`, requests that start after the warm-up and end inside the window count; with
+    With `duration`, requests that complete inside the window (after the warm-up) count; with
     `requests`, each worker sends `warmup` unrecorded requests and then exactly `requests` recorded ones.
     """
     templates: list[dict[str, Any]] = job["workers"]
@@ -266,7 +267,8 @@ async def _http(job: Job) -> dict[str, Any]:
             async def timed_worker(template: dict[str, Any]) -> None:
                 while time.perf_counter() < end:
                     outcome = await one(template)
-                    if outcome is not None and outcome[0] >= begin and outcome[1] <= end:
+                    # A request counts when it completes inside the window (throughput = completions).
+                    if outcome is not None and begin <= outcome[1] <= end:
                         record(outcome)
 
             await asyncio.gather(*(timed_worker(t) for t in templates))
@@ -332,8 +334,8 @@ def main() -> None:
     except ImportError:  # the plain loop measures the same things, a little slower
         runner = asyncio.run
     result = runner(run_job(job))
-    sys.stdout.write(orjson.dumps(result).decode() + "\n")
-    sys.stdout.flush()
+    # A file, not stdout: results reach megabytes (every token gap), more than a pipe should carry.
+    Path(job["result_path"]).write_bytes(orjson.dumps(result))
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ the measured server.
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 from collections.abc import Callable
@@ -19,6 +20,7 @@ __all__ = ["merge_turns", "run_loadgens", "split_urls"]
 
 Job = dict[str, Any]
 REPO = Path(__file__).resolve().parent.parent
+_RUN_IDS = itertools.count(1)
 
 
 def run_loadgens(
@@ -31,8 +33,10 @@ def run_loadgens(
     """
     log_path.parent.mkdir(parents=True, exist_ok=True)
     processes: list[subprocess.Popen[bytes]] = []
+    paths = [log_path.parent / f"loadgen-{next(_RUN_IDS)}.json" for _ in jobs]
     with log_path.open("ab") as log:
-        for job in jobs:
+        for job, path in zip(jobs, paths, strict=True):
+            job = job | {"result_path": str(path)}
             process = subprocess.Popen(
                 [sys.executable, "-m", "bench.loadgen"],
                 cwd=REPO,
@@ -57,7 +61,7 @@ def run_loadgens(
                 assert process.stdin is not None
                 process.stdin.write(b"go\n")
                 process.stdin.flush()
-            return [_result(process, timeout, log_path) for process in processes]
+            return [_result(p, path, timeout, log_path) for p, path in zip(processes, paths, strict=True)]
         finally:
             for process in processes:
                 if process.poll() is None:
@@ -65,12 +69,12 @@ def run_loadgens(
                     process.wait()
 
 
-def _result(process: subprocess.Popen[bytes], timeout: float, log_path: Path) -> dict[str, Any]:
-    out, _ = process.communicate(timeout=timeout)
-    lines = out.strip().splitlines()
-    if process.returncode != 0 or not lines:
+def _result(process: subprocess.Popen[bytes], path: Path, timeout: float, log_path: Path) -> dict[str, Any]:
+    process.communicate(timeout=timeout)
+    if process.returncode != 0 or not path.exists():
         raise RuntimeError(f"load generator failed ({process.returncode}); see {log_path}")
-    result: dict[str, Any] = orjson.loads(lines[-1])
+    result: dict[str, Any] = orjson.loads(path.read_bytes())
+    path.unlink()
     return result
 
 

@@ -8,9 +8,12 @@ machine load; the overhead is engine p50 minus direct p50 (and likewise for p99)
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from bench.harness import Bench, EngineHandle
+from bench.procs import Service
+from bench.profiling import profiled
 from bench.scenarios import ms
 from bench.stats import across_repeats, summarize
 
@@ -19,15 +22,22 @@ __all__ = ["measure_overhead", "run"]
 WARMUP_TURNS = 3
 
 
-def measure_overhead(bench: Bench, measured_job: dict[str, Any]) -> dict[str, Any]:
-    """Repeats of (measured target, direct provider) TTFT; `measured_job` is a ws_ or sse_turns job."""
+def measure_overhead(
+    bench: Bench, measured_job: dict[str, Any], server: Service | None = None, profile: str = ""
+) -> dict[str, Any]:
+    """Repeats of (measured target, direct provider) TTFT; `measured_job` is a ws_ or sse_turns job.
+
+    With `profile` set (and profiling on), the first repeat of `server` is sampled with py-spy.
+    """
     turns = bench.sizes.ttft_turns
     bench.configure_provider(tokens=bench.sizes.ttft_tokens)
     direct_job = bench.sse_job(bench.provider_v1 + "/chat/completions", turns=turns, warmup=WARMUP_TURNS)
     repeats: list[dict[str, float]] = []
     errors: list[str] = []
-    for _ in range(bench.sizes.repeats):
-        target = bench.turns(measured_job | {"turns": turns, "warmup": WARMUP_TURNS})
+    for index in range(bench.sizes.repeats):
+        sampled = bool(profile) and index == 0 and server is not None
+        with profiled(bench, server, profile, enabled=sampled) if server else contextlib.nullcontext():
+            target = bench.turns(measured_job | {"turns": turns, "warmup": WARMUP_TURNS})
         direct = bench.turns(direct_job)
         measured, baseline = summarize(ms(target["ttft"])), summarize(ms(direct["ttft"]))
         if not measured.get("n") or not baseline.get("n"):
@@ -56,4 +66,5 @@ def measure_overhead(bench: Bench, measured_job: dict[str, Any]) -> dict[str, An
 
 def run(bench: Bench, engine: EngineHandle) -> dict[str, Any]:
     session_id = engine.create_session()
-    return measure_overhead(bench, bench.ws_job([engine.ws_url(session_id)]))
+    job = bench.ws_job([engine.ws_url(session_id)])
+    return measure_overhead(bench, job, engine.service, f"ttft-{engine.backend}")
