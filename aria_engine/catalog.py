@@ -81,6 +81,8 @@ class ThinkingParams(_Strict):
 
     enable: dict[str, Any] = Field(default_factory=dict)
     disable: dict[str, Any] = Field(default_factory=dict)
+    # The chat template itself opens <think> (DeepSeek-R1 distills, QwQ): the model only writes </think>.
+    opened_by_template: bool = False
 
 
 class ModelSpec(_Strict):

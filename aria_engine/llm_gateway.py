@@ -61,6 +61,7 @@ from aria_engine.providers.base import (
     ToolCallDelta,
     UsageChunk,
 )
+from aria_engine.providers.openai_compatible import OpenAICompatibleProvider, ThinkTagSplitter
 
 __all__ = [
     "CircuitBreaker",
@@ -104,6 +105,7 @@ class ModelInfo:
     params: Mapping[str, Any] = field(default_factory=dict)
     thinking_on: Mapping[str, Any] = field(default_factory=dict)
     thinking_off: Mapping[str, Any] = field(default_factory=dict)
+    thinking_opened_by_template: bool = False
     max_tokens_field: str = "max_tokens"
 
     @property
@@ -312,7 +314,9 @@ class LLMGateway:
                 logger.warning("model %s failed before any output (%s)", info.id, exc.code)
                 continue
             # aclosing: closing this stream must close the relay (and the upstream) now, not at GC time.
-            async with aclosing(self._relay(info, message_list, upstream, chunk, deadline)) as relay:
+            opened = enable_thinking and info.reasoning and info.thinking_opened_by_template
+            relay_stream = self._relay(info, message_list, upstream, chunk, deadline, opened)
+            async with aclosing(relay_stream) as relay:
                 async for out in relay:
                     yield out
             return
@@ -412,24 +416,31 @@ class LLMGateway:
         upstream: AsyncIterator[Chunk],
         chunk: Any,
         deadline: float,
+        thinking_opened: bool = False,
     ) -> AsyncIterator[Chunk]:
-        """Yield the committed stream; estimate usage if the provider reported none."""
+        """Yield the committed stream; estimate usage if the provider reported none.
+
+        `thinking_opened`: the model's chat template already opened `<think>`, so its content is
+        thinking until a `</think>` (which the adapter, never having seen `<think>`, passed through).
+        """
         idle = self.config.timeouts.idle
         produced: list[str] = []  # only for the usage estimate; references, no copying
         saw_usage = False
+        reopen = ThinkTagSplitter(inside=True) if thinking_opened else None
         try:
             yield ModelSelected(info.id)
             while chunk is not _END:
-                if isinstance(chunk, UsageChunk):
-                    saw_usage = True
-                elif isinstance(chunk, FinishChunk) and not saw_usage:
-                    saw_usage = True
-                    yield self._estimate_usage(info, messages, produced)
-                elif isinstance(chunk, ContentDelta | ThinkingDelta):
-                    produced.append(chunk.text)
-                elif isinstance(chunk, ToolCallDelta):
-                    produced.append(chunk.arguments)
-                yield chunk
+                for out in _reclassified(chunk, reopen):
+                    if isinstance(out, UsageChunk):
+                        saw_usage = True
+                    elif isinstance(out, FinishChunk) and not saw_usage:
+                        saw_usage = True
+                        yield self._estimate_usage(info, messages, produced)
+                    elif isinstance(out, ContentDelta | ThinkingDelta):
+                        produced.append(out.text)
+                    elif isinstance(out, ToolCallDelta):
+                        produced.append(out.arguments)
+                    yield out
                 chunk = await _next(upstream, idle, deadline, "idle")
         except LLMError as exc:
             if exc.retryable:
@@ -544,8 +555,6 @@ class LLMGateway:
                 if not api_key:
                     self._unavailable[name] = f"{spec.api_key_env} not set"
                     return
-            from aria_engine.providers.openai_compatible import OpenAICompatibleProvider
-
             assert spec.base_url is not None
             provider = OpenAICompatibleProvider(
                 name,
@@ -584,6 +593,7 @@ class LLMGateway:
             params=dict(spec.params),
             thinking_on=dict(spec.thinking.enable),
             thinking_off=dict(spec.thinking.disable),
+            thinking_opened_by_template=spec.thinking.opened_by_template,
             max_tokens_field=spec.max_tokens_field,
         )
 
@@ -645,6 +655,17 @@ async def _next(upstream: AsyncIterator[Chunk], phase_timeout: float, deadline: 
     if scope.cancelled_caught:
         raise ProviderTimeout(phase)
     return chunk
+
+
+def _reclassified(chunk: Chunk, splitter: ThinkTagSplitter | None) -> Iterable[Chunk]:
+    """The chunk as is, or (for template-opened thinking) its content split at `</think>`."""
+    if splitter is None:
+        return (chunk,)
+    if isinstance(chunk, ContentDelta):
+        return list(splitter.feed(chunk.text))
+    if isinstance(chunk, FinishChunk | UsageChunk):
+        return [*splitter.flush(), chunk]
+    return (chunk,)
 
 
 async def _close(upstream: AsyncIterator[Chunk]) -> None:

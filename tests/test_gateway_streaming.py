@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from pathlib import Path
 
 import anyio
 import pytest
 
+from aria_engine.config import EngineConfig
 from aria_engine.exceptions import UnknownModel
 from aria_engine.llm_gateway import LLMGateway
 from aria_engine.providers.base import (
@@ -18,7 +20,7 @@ from aria_engine.providers.base import (
     ToolCallDelta,
     UsageChunk,
 )
-from aria_engine.testing.fake_llm import DEFAULT_TEXT, FakeLLM, Reply, ToolCall, Usage
+from aria_engine.testing.fake_llm import DEFAULT_TEXT, FakeLLM, Reply, ToolCall, Usage, write_fake_catalog
 
 HELLO = [{"role": "user", "content": "Say hello"}]
 
@@ -238,3 +240,22 @@ async def test_concurrent_streams_do_not_mix(fake_llm: FakeLLM, fake_gateway: LL
     # Each stream got exactly one whole scripted answer: no chunk went to the wrong consumer.
     assert sorted(answers) == sorted(" ".join([f"a{n}"] * 30) for n in range(20))
     assert fake_llm.completed == 20
+
+
+@pytest.mark.parametrize("chunk_size", [1, 4, None])
+async def test_thinking_opened_by_the_chat_template_ends_at_the_closing_tag(
+    fake_llm: FakeLLM, tmp_path: Path, chunk_size: int | None
+) -> None:
+    # DeepSeek-R1 distills: the template writes "<think>", the model only writes "</think>".
+    extra = "  r1-distill:\n    provider: fake\n    context_window: 4096\n    reasoning: true\n"
+    extra += "    thinking: {opened_by_template: true}\n"
+    catalog = write_fake_catalog(tmp_path / "models.yaml", fake_llm.base_url, extra_models=extra)
+    gateway = LLMGateway.from_config(EngineConfig(models_path=catalog))
+    fake_llm.enqueue(Reply("First, add.</think>It is 4.", chunk_size=chunk_size))
+    try:
+        chunks = [c async for c in gateway.stream("r1-distill", HELLO, enable_thinking=True)]
+    finally:
+        await gateway.aclose()
+    assert text_of(chunks, ThinkingDelta) == "First, add."
+    assert text_of(chunks, ContentDelta) == "It is 4."
+    assert isinstance(chunks[-1], FinishChunk)

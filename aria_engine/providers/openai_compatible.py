@@ -56,8 +56,8 @@ class ThinkTagSplitter:
 
     __slots__ = ("_held", "_inside")
 
-    def __init__(self) -> None:
-        self._inside = False
+    def __init__(self, *, inside: bool = False) -> None:
+        self._inside = inside  # True when the prompt already opened the <think> block
         self._held = ""
 
     def feed(self, text: str) -> Iterator[ContentDelta | ThinkingDelta]:
