@@ -37,8 +37,8 @@ QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def local() -> AsyncIterator[LLMGateway]:
-    # No provider configured (the test environment has no keys or ARIA_LLM_*): the catalog's default.
-    gateway = LLMGateway.from_config(EngineConfig(models_path=REPO_ROOT / "models.yaml"))
+    # No provider configured (env={}: no keys, no server URLs): the catalog's default is the demo model.
+    gateway = LLMGateway.from_config(EngineConfig(models_path=REPO_ROOT / "models.yaml"), env={})
     yield gateway
     await gateway.aclose()
 
