@@ -140,11 +140,8 @@ def test_new_session_streams_the_answer_in_steps_with_usage(
     page: Any, live_server: Any, llm_server: FakeLLM
 ) -> None:
     llm_server.enqueue(
-        Reply(
-            "Paris is the **capital** of France, famous for `cafés`.",
-            thinking="The user asks about France.",
-            delay=0.02,
-        )
+        Reply("", thinking="The user asks about France.", tool_calls=[ToolCall("current_time", {})]),
+        Reply("Paris is the **capital** of France, famous for `cafés`.", delay=0.02),
     )
     page.goto(live_server.base_url + "/")
     page.locator('#model-select option[value="fake-alt"]').wait_for(state="attached")
@@ -171,18 +168,18 @@ def test_new_session_streams_the_answer_in_steps_with_usage(
     assert not thinking.evaluate("el => el.open")  # collapsed until asked for
     thinking.locator("summary").click()
     assert thinking.locator(".thinking-text").inner_text() == "The user asks about France."
+    tool = answer.locator("details.tool")
+    assert tool.locator("summary").inner_text() == "Tool call: current_time"
+    assert tool.locator(".tool-result.ok").inner_text().strip()  # the tool's answer, shown inline
     assert page.locator("#message-list article.user").inner_text().count("\n") >= 2  # role, line 1, line 2
     meta = answer.locator(".msg-meta").inner_text()
     assert re.search(r"fake-model · \d+ in / \d+ out tokens · \$0\.\d+ · TTFT \d+ ms · \d+ ms", meta), meta
-    page.wait_for_function(
-        "() => document.getElementById('session-totals').textContent.includes('2 messages')"
-    )
-    totals = page.locator("#session-totals").inner_text()
     stored = rest(live_server, "GET", f"/api/engine/chat/sessions/{session_id}")
-    assert f"{stored['total_tokens']} tokens" in totals
-    assert (
-        page.locator(f'.session-item[data-session-id="{session_id}"]').get_attribute("aria-current") == "true"
-    )
+    assert stored["message_count"] == 4  # user, assistant with the tool call, tool result, answer
+    totals = page.locator("#session-totals")
+    totals.filter(has_text=f"4 messages · {stored['total_tokens']} tokens").wait_for()
+    item = page.locator(f'.session-item[data-session-id="{session_id}"]')
+    assert item.get_attribute("aria-current") == "true"
     screenshot(page, "chat.png")
 
 
