@@ -13,6 +13,7 @@ import json
 import os
 import re
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -262,6 +263,31 @@ def test_a_dropped_connection_resumes_without_losing_or_repeating_text(
     assert page.locator("#offline-banner").is_hidden()
     steps: list[int] = page.evaluate("window.__steps")
     assert steps == sorted(steps)  # the text only ever grew: nothing was replayed twice
+
+
+def test_a_refused_message_is_taken_back_and_explained(
+    page: Any, live_server: Any, llm_server: FakeLLM
+) -> None:
+    llm_server.enqueue(Reply(LONG_ANSWER, delay=0.05))
+    page.goto(live_server.base_url + "/")
+    session_id = new_session(page)
+    # Another client's turn holds the session: the REST send streams for a few seconds.
+    with ThreadPoolExecutor(1) as pool:
+        other = pool.submit(
+            rest,
+            live_server,
+            "POST",
+            f"/api/engine/chat/sessions/{session_id}/messages",
+            json={"content": "x"},
+        )
+        while not llm_server.requests:
+            assert not other.done(), "the other client's turn ended before it was seen"
+            page.wait_for_timeout(50)
+        send(page, "me too")
+        page.get_by_role("alert").filter(has_text=re.compile("busy|running", re.I)).wait_for()
+        assert page.locator("#message-list article.user").count() == 0
+        assert page.get_by_label("Message", exact=True).input_value() == "me too"
+        assert other.result()["finish_reason"] == "stop"
 
 
 def test_export_buttons_download_every_format(page: Any, live_server: Any, llm_server: FakeLLM) -> None:

@@ -83,6 +83,7 @@
     pingTimer: null,
     turn: null, // {turnId, lastSeq, view, done}
     pendingSend: null, // {content, enable_thinking, enable_tools, idempotency_key} until `start` arrives
+    pendingBubble: null, // the page's copy of that message, removed if the server refuses it
   };
 
   // ── small helpers ──────────────────────────────────────────────────────────────────────────────
@@ -698,6 +699,8 @@
     switch (event.type) {
       case "start":
         state.pendingSend = null;
+        if (state.pendingBubble) state.pendingBubble.dataset.turnId = event.turn_id;
+        state.pendingBubble = null;
         sessionStorage.setItem(INFLIGHT_STORAGE, JSON.stringify({ session_id: event.session_id
           || (state.session && state.session.id), turn_id: event.turn_id }));
         announce("Assistant is answering");
@@ -743,7 +746,15 @@
       if (state.session) openSession(state.session.id);
       return;
     }
-    state.pendingSend = null;
+    const pending = state.pendingSend;
+    if (pending && event.code !== "no_active_turn") {
+      // The message was refused (session busy, rate limited, too long...): take it back off the page
+      // and give the text back, so nothing looks sent that was not.
+      state.pendingSend = null;
+      if (state.pendingBubble) state.pendingBubble.remove();
+      if (!ui.input.value) ui.input.value = pending.content;
+    }
+    state.pendingBubble = null;
     updateComposer();
     toast(event.message || "The server reported an error.");
   }
@@ -764,7 +775,7 @@
       return;
     }
     state.pendingSend = frame;
-    ui.messageList.appendChild(userBubble({ content }));
+    state.pendingBubble = ui.messageList.appendChild(userBubble({ content }));
     ui.input.value = "";
     ui.messages.scrollTop = ui.messages.scrollHeight;
     updateComposer();
