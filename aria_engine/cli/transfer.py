@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sys
 import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -85,7 +86,7 @@ def export_command(session_id: str, format_: str, output: Path | None) -> None:
     async def work(factory: async_sessionmaker[AsyncSession]) -> None:
         stream = await stream_export(session_id, factory, None, format_).open()
         if output is None:
-            sink = click.get_binary_stream("stdout")
+            sink = sys.stdout.buffer
             async for chunk in stream.chunks():
                 sink.write(chunk)
             sink.flush()
