@@ -372,13 +372,21 @@ class _Connection:
 
     async def _on_message(self, payload: dict[str, Any]) -> None:
         content = payload.get("content")
-        if not isinstance(content, str) or not content or len(content) > MAX_CONTENT_CHARS:
+        # NUL is refused as at the REST edge: PostgreSQL cannot store it.
+        if (
+            not isinstance(content, str)
+            or not content
+            or len(content) > MAX_CONTENT_CHARS
+            or "\x00" in content
+        ):
             await self._send(
-                _error_frame("invalid_request", f"content must be 1 to {MAX_CONTENT_CHARS} characters.")
+                _error_frame(
+                    "invalid_request", f"content must be 1 to {MAX_CONTENT_CHARS} characters, without NUL."
+                )
             )
             return
         key = payload.get("idempotency_key")
-        if key is not None and (not isinstance(key, str) or not 0 < len(key) <= 128):
+        if key is not None and (not isinstance(key, str) or not 0 < len(key) <= 128 or "\x00" in key):
             await self._send(_error_frame("invalid_request", "idempotency_key must be 1 to 128 characters."))
             return
         self._own_turns = [t for t in self._own_turns if t in self.manager._turns]

@@ -297,3 +297,17 @@ async def test_idempotency_key_replays_the_first_reply_without_a_second_llm_call
     assert again.json()["content"] == "Only once."
     assert len(llm_server.requests) == 1
     assert detail["message_count"] == 2
+
+
+async def test_nul_characters_are_refused_with_422_on_both_backends(live_server: LiveServer) -> None:
+    """PostgreSQL cannot store NUL: the API refuses it at the edge instead of failing in the database."""
+    async with live_server.client() as http:
+        titled = await http.post(f"{CHAT}/sessions", json={"title": "a\u0000b"})
+        tagged = await http.post(f"{CHAT}/sessions", json={"metadata": {"k": ["x\u0000"]}})
+        session = await _create(http)
+        base = f"{CHAT}/sessions/{session['id']}"
+        sent = await http.post(f"{base}/messages", json={"content": "a\u0000b"})
+        renamed = await http.patch(base, json={"title": "\u0000"})
+        searched = await http.get(f"{CHAT}/sessions", params={"q": "\u0000"})
+    for response in (titled, tagged, sent, renamed, searched):
+        _error(response, 422, "validation_error")

@@ -37,6 +37,7 @@ from deps import (
 from fastapi import APIRouter, FastAPI, Header, Query, Request, WebSocket
 from fastapi.responses import StreamingResponse
 from fastapi.routing import APIRoute, APIWebSocketRoute
+from fields import JsonObject, Text
 from pydantic import BaseModel, Field
 from starlette import status as ws_status
 
@@ -77,15 +78,15 @@ ws_router = APIRouter(tags=["Engine Chat WebSocket"])
 class CreateSessionRequest(BaseModel):
     """Request body for creating a new chat session."""
 
-    agent_id: str = Field(default="main", max_length=64, description="Agent owning this session")
-    model: str | None = Field(default=None, max_length=200, description="LLM model (defaults to config)")
-    session_type: str = Field(default="interactive", max_length=32, description="Session type")
-    system_prompt: str | None = Field(default=None, max_length=100_000, description="Override system prompt")
+    agent_id: Text = Field(default="main", max_length=64, description="Agent owning this session")
+    model: Text | None = Field(default=None, max_length=200, description="LLM model (defaults to config)")
+    session_type: Text = Field(default="interactive", max_length=32, description="Session type")
+    system_prompt: Text | None = Field(default=None, max_length=100_000, description="Override system prompt")
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     max_tokens: int | None = Field(default=None, ge=1, le=128000)
     context_window: int = Field(default=50, ge=1, le=500)
-    metadata: dict[str, Any] | None = Field(default=None, description="Arbitrary metadata")
-    title: str | None = Field(
+    metadata: JsonObject | None = Field(default=None, description="Arbitrary metadata")
+    title: Text | None = Field(
         default=None, max_length=200, description="Title (else set from the first message)"
     )
 
@@ -105,10 +106,10 @@ class CreateSessionResponse(BaseModel):
 class SendMessageRequest(BaseModel):
     """Request body for sending a message."""
 
-    content: str = Field(..., min_length=1, max_length=100000, description="Message content")
+    content: Text = Field(..., min_length=1, max_length=100000, description="Message content")
     enable_thinking: bool = Field(default=False, description="Request reasoning tokens")
     enable_tools: bool = Field(default=True, description="Allow tool calling")
-    idempotency_key: str | None = Field(
+    idempotency_key: Text | None = Field(
         default=None,
         min_length=1,
         max_length=128,
@@ -260,9 +261,9 @@ async def list_sessions(
     principal: PrincipalDep,
     page: int = Query(default=1, ge=1, le=100_000),
     page_size: int = Query(default=20, ge=1, le=100),
-    agent_id: str | None = Query(default=None, max_length=64),
+    agent_id: Text | None = Query(default=None, max_length=64),
     status: str | None = Query(default=None, pattern="^(active|ended)$"),
-    q: str | None = Query(
+    q: Text | None = Query(
         default=None, max_length=200, description="Full-text search in titles and messages"
     ),
 ) -> PaginatedSessions:

@@ -14,6 +14,7 @@ from typing import Any
 
 from deps import EngineDep, OwnedSessionDep, PrincipalDep
 from fastapi import APIRouter, Query, Request
+from fields import JsonObject, Text
 from pydantic import BaseModel, Field
 
 from aria_engine.importers import import_session, iter_text_lines
@@ -34,9 +35,9 @@ class MessagePage(BaseModel):
 class UpdateSessionRequest(BaseModel):
     """Only the fields present are changed."""
 
-    title: str | None = Field(default=None, min_length=1, max_length=200)
-    model: str | None = Field(default=None, min_length=1, max_length=200)
-    metadata: dict[str, Any] | None = None
+    title: Text | None = Field(default=None, min_length=1, max_length=200)
+    model: Text | None = Field(default=None, min_length=1, max_length=200)
+    metadata: JsonObject | None = None
 
 
 class ImportResponse(BaseModel):
@@ -127,7 +128,7 @@ async def import_session_endpoint(
     engine: EngineDep,
     principal: PrincipalDep,
     format: str = Query(default="jsonl", pattern="^(jsonl|openclaw)$"),
-    agent_id: str | None = Query(default=None, max_length=64),
+    agent_id: Text | None = Query(default=None, max_length=64),
 ) -> ImportResponse:
     """Import an exported transcript (our jsonl or OpenClaw) as a new session; corrupt lines are skipped
     and listed. The body is read as a stream, never held whole in memory."""
