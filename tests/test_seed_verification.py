@@ -9,7 +9,9 @@ import pytest
 
 from aria_engine.config import REPO_ROOT
 
-COMMAND_1 = "from routers.engine_chat import router, ws_router, register_engine_chat, configure_engine; print('OK')"
+COMMAND_1 = (
+    "from routers.engine_chat import router, ws_router, register_engine_chat, configure_engine; print('OK')"
+)
 
 COMMAND_2 = """
 import sys; sys.path.insert(0, 'src/api')
