@@ -126,29 +126,31 @@ async def iter_text_lines(chunks: AsyncIterable[bytes]) -> AsyncIterator[str]:
     """Split a byte stream (an HTTP upload) into text lines, decoding UTF-8 incrementally.
 
     Memory is bounded: a line longer than MAX_LINE_CHARS is cut there and the rest of it dropped, so the
-    importer reports it as too long instead of buffering it.
+    importer reports it as too long instead of buffering it. The unfinished line is kept as a list of
+    pieces, so a line spread over many chunks is joined once, not re-copied per chunk.
     """
     decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    buffer = ""
+    pending: list[str] = []
+    size = 0
     dropping = False
     async for chunk in chunks:
-        buffer += decoder.decode(chunk)
-        while True:
-            newline = buffer.find("\n")
-            if newline < 0:
-                break
-            line, buffer = buffer[:newline], buffer[newline + 1 :]
-            if dropping:
-                dropping = False
-                continue
-            yield line
-        if len(buffer) > MAX_LINE_CHARS:
+        pieces = decoder.decode(chunk).split("\n")
+        if len(pieces) > 1:
             if not dropping:
-                yield buffer[: MAX_LINE_CHARS + 1]
-            dropping, buffer = True, ""
-    buffer += decoder.decode(b"", final=True)
-    if buffer and not dropping:
-        yield buffer
+                yield "".join([*pending, pieces[0]])
+            dropping = False
+            for line in pieces[1:-1]:
+                yield line
+            pending, size = [], 0
+        if not dropping and pieces[-1]:
+            pending.append(pieces[-1])
+            size += len(pieces[-1])
+            if size > MAX_LINE_CHARS:
+                yield "".join(pending)[: MAX_LINE_CHARS + 1]
+                pending, size, dropping = [], 0, True
+    tail = "".join([*pending, decoder.decode(b"", final=True)])
+    if tail and not dropping:
+        yield tail
 
 
 async def _aiter(lines: AsyncIterable[str] | Iterable[str]) -> AsyncIterator[str]:
@@ -245,7 +247,12 @@ def _text(value: Any, name: str, limit: int | None = None) -> str | None:
         return None
     if not isinstance(value, str) or (limit is not None and len(value) > limit):
         raise _Skip(f"{name} is not valid")
-    return value
+    return _clean(value)
+
+
+def _clean(value: str) -> str:
+    # PostgreSQL text cannot hold NUL; replace it on both backends so an import means the same everywhere.
+    return value.replace("\x00", "\ufffd") if "\x00" in value else value
 
 
 def _millis_or_none(value: Any) -> int | None:
@@ -323,7 +330,9 @@ class _JsonlSource:
             "title": _clip(h.get("_title"), 200),
             "model": _clip(h.get("_model"), 200),
             "session_type": _clip(h.get("_session_type"), 32) or "interactive",
-            "system_prompt": h.get("_system_prompt") if isinstance(h.get("_system_prompt"), str) else None,
+            "system_prompt": _text(h.get("_system_prompt"), "system prompt")
+            if isinstance(h.get("_system_prompt"), str)
+            else None,
             "status": "ended" if h.get("_status") == "ended" else "active",
             "created_at": _when(h.get("_created_at")),
             "ended_at": _when(h.get("_ended_at")) if h.get("_status") == "ended" else None,
@@ -489,9 +498,9 @@ class _OpenClawSource:
 
     def _meta(self, kind: str, entry: dict[str, Any]) -> str | None:
         if kind == "session_info" and isinstance(entry.get("name"), str):
-            self.title = entry["name"][:200]
+            self.title = _clean(entry["name"][:200])
         if kind == "model_change" and isinstance(entry.get("modelId"), str):
-            self.model = entry["modelId"][:200]
+            self.model = _clean(entry["modelId"][:200])
             return self.model
         return None
 
@@ -569,7 +578,7 @@ def _openclaw_tool_call(block: dict[str, Any]) -> dict[str, Any]:
 def _joined_text(content: Any) -> str:
     """User/tool content: a string, or blocks of which text is kept and images are named."""
     if isinstance(content, str):
-        return content
+        return _clean(content)
     if not isinstance(content, list):
         raise _Skip("message content is not valid")
     parts = []
@@ -579,7 +588,7 @@ def _joined_text(content: Any) -> str:
             parts.append(block["text"])
         elif kind == "image":
             parts.append("[image]")
-    return "\n".join(parts)
+    return _clean("\n".join(parts))
 
 
 def _blank_row(role: str, *, content: str) -> dict[str, Any]:
@@ -605,7 +614,7 @@ def _blank_row(role: str, *, content: str) -> dict[str, Any]:
 
 
 def _clip(value: Any, limit: int) -> str | None:
-    return value[:limit] if isinstance(value, str) and value else None
+    return _clean(value[:limit]) if isinstance(value, str) and value else None
 
 
 def _header_agent(value: Any, report: _Report, line: int) -> str | None:

@@ -334,3 +334,10 @@ async def test_iter_text_lines_cuts_an_endless_line_instead_of_buffering_it() ->
     assert lines[0] == '{"a": 1}'
     assert len(lines[1]) == MAX_LINE_CHARS + 1  # reported as too long by the importer
     assert lines[2:] == ['{"b": 2}']
+
+
+async def test_nul_characters_are_replaced_so_both_backends_accept_them(db_factory: Factory) -> None:
+    lines = ['{"_title": "a\\u0000b"}', '{"role": "user", "content": "x\\u0000y", "thinking": "\\u0000"}']
+    result = await import_session(lines, db_factory, format="jsonl", owner="o")
+    session, rows = await load(db_factory, result.session_id)
+    assert (session.title, rows[0].content, rows[0].thinking) == ("a\ufffdb", "x\ufffdy", "\ufffd")
