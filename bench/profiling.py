@@ -1,5 +1,7 @@
 """Optional sampling profiles of a server while a scenario runs (`python -m bench --profile`).
 
+Each profile is taken during one extra, uncounted repetition of a measurement (`profile_extra_run`).
+
 py-spy attaches to the server's process from outside (no code change, no import in the server), samples
 its Python stacks, and writes collapsed stacks ("frame;frame;frame count"). The summary kept in the
 results lists the functions with the most samples, by own time (leaf frame) and by inclusive time,
@@ -14,7 +16,7 @@ import signal
 import subprocess
 import sys
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +24,7 @@ if TYPE_CHECKING:
     from bench.harness import Bench
     from bench.procs import Service
 
-__all__ = ["profiled", "py_spy", "summarize_collapsed"]
+__all__ = ["profile_extra_run", "profiled", "py_spy", "summarize_collapsed"]
 
 
 def py_spy() -> str | None:
@@ -69,6 +71,16 @@ def profiled(bench: Bench, service: Service, name: str, *, enabled: bool = True)
             bench.profiles[name] = summarize_collapsed(output.read_text(errors="replace")) | {
                 "file": str(output)
             }
+
+
+def profile_extra_run(bench: Bench, service: Service | None, name: str, run: Callable[[], object]) -> None:
+    """When the run profiles, repeat one measurement under py-spy; its numbers are thrown away.
+
+    Profiling costs CPU on the same cores, so a profiled repetition is never one of the counted ones.
+    """
+    if bench.profile and service is not None and py_spy():
+        with profiled(bench, service, name):
+            run()
 
 
 def _short(frame: str) -> str:

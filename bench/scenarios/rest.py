@@ -14,7 +14,7 @@ from typing import Any
 
 from bench.database import seed_sessions
 from bench.harness import API, Bench, EngineHandle
-from bench.profiling import profiled
+from bench.profiling import profile_extra_run
 from bench.provider import MODEL
 from bench.scenarios import ms
 from bench.stats import across_repeats, summarize
@@ -32,17 +32,17 @@ def measure_endpoint(
     sizes = bench.sizes
     rows: list[dict[str, float]] = []
     errors: list[str] = []
-    for index in range(repeats):
-        job = {
-            "kind": "http",
-            "base_url": base_url,
-            "workers": [template(i) for i in range(concurrency)],
-            "duration": sizes.rest_duration,
-            "warmup": sizes.rest_warmup,
-        }
-        service = bench.profile_target
-        with profiled(bench, service, profile, enabled=bool(profile) and index == 0 and service is not None):
-            [result] = bench.load([job])
+    job = {
+        "kind": "http",
+        "base_url": base_url,
+        "workers": [template(i) for i in range(concurrency)],
+        "duration": sizes.rest_duration,
+        "warmup": sizes.rest_warmup,
+    }
+    if profile:
+        profile_extra_run(bench, bench.profile_target, profile, lambda: bench.load([job]))
+    for _ in range(repeats):
+        [result] = bench.load([job])
         latency = summarize(ms(result["latencies"]))
         rows.append(
             {

@@ -13,7 +13,7 @@ from typing import Any
 
 from bench.harness import Bench, EngineHandle
 from bench.procs import Service
-from bench.profiling import profiled
+from bench.profiling import profile_extra_run
 from bench.stats import across_repeats
 
 __all__ = ["baselines", "measure", "run"]
@@ -53,12 +53,16 @@ def baselines(bench: Bench) -> dict[str, Any]:
         relay_url = f"ws://127.0.0.1:{relay.port}/ws/relay"
         for sessions in sizes.stream_sessions:
             direct_reps, relay_reps = [], []
+            relay_job = bench.ws_job([relay_url] * sessions, warmup=1)
+            profile_extra_run(
+                bench, relay, f"stream-relay-{sessions}", lambda job=relay_job: bench.turns(job)
+            )
             for _ in range(sizes.repeats):
                 direct_job = bench.sse_job(
                     bench.provider_v1 + "/chat/completions", streams=sessions, warmup=1
                 )
                 direct_reps.append(measure(bench, direct_job, None))
-                relay_reps.append(measure(bench, bench.ws_job([relay_url] * sessions, warmup=1), relay))
+                relay_reps.append(measure(bench, relay_job, relay))
             out[str(sessions)] = {
                 "direct": {"repeats": direct_reps, "summary": across_repeats(direct_reps)},
                 "relay": {"repeats": relay_reps, "summary": across_repeats(relay_reps)},
@@ -74,11 +78,11 @@ def run(bench: Bench, engine: EngineHandle, base: dict[str, Any]) -> dict[str, A
     for sessions in sizes.stream_sessions:
         urls = [engine.ws_url(sid) for sid in engine.create_sessions(sessions)]
         reps: list[dict[str, float]] = []
-        for index in range(sizes.repeats):
-            job = bench.ws_job(urls, warmup=1)
-            # One profile per run, of the busiest case, when profiling is on.
-            with profiled(bench, engine.service, f"stream-{engine.backend}-{sessions}", enabled=index == 0):
-                reps.append(measure(bench, job, engine.service))
+        job = bench.ws_job(urls, warmup=1)
+        name = f"stream-{engine.backend}-{sessions}"
+        profile_extra_run(bench, engine.service, name, lambda job=job: bench.turns(job))
+        for _ in range(sizes.repeats):
+            reps.append(measure(bench, job, engine.service))
         summary = across_repeats(reps)
         entry: dict[str, Any] = {"repeats": reps, "summary": summary}
         baseline = base.get(str(sessions))

@@ -8,12 +8,11 @@ machine load; the overhead is engine p50 minus direct p50 (and likewise for p99)
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any
 
 from bench.harness import Bench, EngineHandle
 from bench.procs import Service
-from bench.profiling import profiled
+from bench.profiling import profile_extra_run
 from bench.scenarios import ms
 from bench.stats import across_repeats, summarize
 
@@ -27,17 +26,18 @@ def measure_overhead(
 ) -> dict[str, Any]:
     """Repeats of (measured target, direct provider) TTFT; `measured_job` is a ws_ or sse_turns job.
 
-    With `profile` set (and profiling on), the first repeat of `server` is sampled with py-spy.
+    With `profile` set (and profiling on), `server` is sampled during one extra, uncounted repeat.
     """
     turns = bench.sizes.ttft_turns
     bench.configure_provider(tokens=bench.sizes.ttft_tokens)
     direct_job = bench.sse_job(bench.provider_v1 + "/chat/completions", turns=turns, warmup=WARMUP_TURNS)
     repeats: list[dict[str, float]] = []
     errors: list[str] = []
-    for index in range(bench.sizes.repeats):
-        sampled = bool(profile) and index == 0 and server is not None
-        with profiled(bench, server, profile, enabled=sampled) if server else contextlib.nullcontext():
-            target = bench.turns(measured_job | {"turns": turns, "warmup": WARMUP_TURNS})
+    target_job = measured_job | {"turns": turns, "warmup": WARMUP_TURNS}
+    if profile:
+        profile_extra_run(bench, server, profile, lambda: bench.turns(target_job))
+    for _ in range(bench.sizes.repeats):
+        target = bench.turns(target_job)
         direct = bench.turns(direct_job)
         measured, baseline = summarize(ms(target["ttft"])), summarize(ms(direct["ttft"]))
         if not measured.get("n") or not baseline.get("n"):
