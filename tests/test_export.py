@@ -432,3 +432,17 @@ async def test_a_100k_message_export_streams_in_flat_memory(db_factory: Factory)
     assert lines == BIG + 1
     assert total > 60_000_000  # the whole text would need this much memory at least
     assert peak < 16_000_000, f"peak {peak} bytes while streaming {total} bytes"
+
+
+async def test_pages_follow_seq_and_stop_at_the_snapshot_taken_on_open(db_factory: Factory) -> None:
+    messages = [Msg("user" if n % 2 else "assistant", f"m{n}") for n in range(1, 1203)]
+    sid = await make_session(db_factory, messages)
+    stream = await stream_export(sid, db_factory, None, "jsonl").open()
+    # A turn that lands after the export began is not half-included: the header's counts and the lines agree.
+    async with db_factory() as db, db.begin():
+        db.add(ChatMessage(session_id=sid, seq=1203, role="user", content="late", created_at=T0))
+
+    header, *rows = lines_of(await collect(stream))
+
+    assert header["_message_count"] == len(rows) == 1202
+    assert [row["content"] for row in rows] == [f"m{n}" for n in range(1, 1203)]
