@@ -55,6 +55,7 @@ class _TurnRecorder:
         self.errors = 0
         self.error_sample = ""
         self.first_send = float("inf")
+        self.first_token = float("inf")
         self.last_done = 0.0
 
     def add(self, sent: float, arrivals: list[float], done: float, size: int) -> None:
@@ -64,6 +65,7 @@ class _TurnRecorder:
         self.tokens.append(len(arrivals))
         self.bytes.append(size)
         if arrivals:
+            self.first_token = min(self.first_token, arrivals[0])
             self.ttft.append(arrivals[0] - sent)
             if self.record_gaps:
                 self.gaps.extend(b - a for a, b in itertools.pairwise(arrivals))
@@ -82,6 +84,7 @@ class _TurnRecorder:
             "errors": self.errors,
             "error_sample": self.error_sample,
             "first_send": self.first_send if self.total else None,
+            "first_token": self.first_token if self.ttft else None,
             "last_done": self.last_done if self.total else None,
         }
 

@@ -2,7 +2,8 @@
 
 Three targets read the same provider answer: (a) clients reading the provider's SSE directly, (b) the
 minimal relay (bare Starlette WebSocket, no database), (c) the engine over WebSocket. Tokens per second is
-all tokens delivered divided by the window from the first send to the last `done`. Also measured: bytes on
+all tokens delivered divided by the window from the first send to the last `done` (and, without the
+turn's set-up, from the first token to the last `done`). Also measured: bytes on
 the wire per token and the server's CPU time per token (from /proc), which shows where the time goes.
 The baselines do not depend on the engine's database, so they run once per run (`baselines`).
 """
@@ -22,8 +23,10 @@ __all__ = ["baselines", "measure", "run"]
 def _rates(result: dict[str, Any], cpu_seconds: float | None) -> dict[str, float]:
     tokens = sum(result["tokens"])
     window = result["window"] or float("nan")
+    streaming = result["streaming_window"] or float("nan")
     rates = {
         "tokens_per_s": tokens / window,
+        "streaming_tokens_per_s": tokens / streaming,
         "bytes_per_token": sum(result["bytes"]) / tokens if tokens else float("nan"),
         "errors": float(result["errors"]),
     }
