@@ -1,0 +1,137 @@
+"""Turn event logs: ordered replay from any seq, exactly once, then live; bounded retention; Redis sharing
+between replicas and cross-replica cancel signals."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from redis.asyncio import Redis
+
+from aria_engine.turn_log import (
+    LoggedEvent,
+    MemoryTurnEventLog,
+    RedisTurnEventLog,
+    TurnEventLog,
+    TurnNotFound,
+)
+from tests.test_ws_resume import REDIS_URL, needs_redis
+
+
+async def _collect(log: TurnEventLog, turn_id: str, after_seq: int) -> list[LoggedEvent]:
+    return [event async for event in log.follow(turn_id, after_seq)]
+
+
+async def _write_turn(log: TurnEventLog, turn_id: str, count: int, *, final: bool = True) -> None:
+    for seq in range(1, count + 1):
+        await log.append(turn_id, seq, f'{{"seq": {seq}}}', final=final and seq == count)
+
+
+async def test_memory_log_replays_after_any_seq_then_follows_live() -> None:
+    log = MemoryTurnEventLog()
+    await log.open_turn("t1", "s1")
+    await _write_turn(log, "t1", 3, final=False)
+    follower = asyncio.create_task(_collect(log, "t1", 1))
+    await asyncio.sleep(0)  # usually replayed 2-3 by now; either way it must see 2-5 exactly once
+    for seq in (4, 5):
+        await log.append("t1", seq, f'{{"seq": {seq}}}', final=seq == 5)
+    events = await follower
+    assert [e.seq for e in events] == [2, 3, 4, 5]
+    assert [e.final for e in events] == [False, False, False, True]
+    assert await _collect(log, "t1", 5) == []
+    assert await log.session_of("t1") == "s1"
+
+
+async def test_memory_log_refuses_unknown_turns_and_trimmed_ranges() -> None:
+    log = MemoryTurnEventLog(max_events=10)
+    with pytest.raises(TurnNotFound):
+        await _collect(log, "missing", 0)
+    await log.open_turn("big", "s1")
+    await _write_turn(log, "big", 25)
+    with pytest.raises(TurnNotFound):
+        await _collect(log, "big", 0)  # the oldest events were dropped: no silent gap
+    assert [e.seq for e in await _collect(log, "big", 20)] == [21, 22, 23, 24, 25]
+
+
+async def test_memory_log_keeps_at_most_max_turns_finished_turns_and_expires_them() -> None:
+    log = MemoryTurnEventLog(max_turns=2)
+    for turn in ("a", "b", "c"):
+        await log.open_turn(turn, "s")
+        await _write_turn(log, turn, 1)
+    assert await log.session_of("a") is None
+    assert await log.session_of("c") == "s"
+    expired = MemoryTurnEventLog(ttl=-1)  # finished turns are past their TTL at once
+    await expired.open_turn("t", "s")
+    await _write_turn(expired, "t", 2)
+    assert await expired.session_of("t") is None
+
+
+async def test_a_replayed_turn_is_logged_afresh() -> None:
+    log = MemoryTurnEventLog()
+    await log.open_turn("t", "s")
+    await _write_turn(log, "t", 3)
+    await log.open_turn("t", "s")  # an idempotent replay of the same turn
+    await _write_turn(log, "t", 3)
+    assert [e.seq for e in await _collect(log, "t", 0)] == [1, 2, 3]
+
+
+async def test_cancel_requests_reach_the_registered_handler_once_registered() -> None:
+    log = MemoryTurnEventLog()
+    seen: list[str] = []
+    assert await log.request_cancel("t", "cancelled") is False
+    unregister = log.on_cancel("t", seen.append)
+    assert await log.request_cancel("t", "cancelled") is True
+    unregister()
+    assert await log.request_cancel("t", "cancelled") is False
+    assert seen == ["cancelled"]
+
+
+@pytest.fixture
+async def redis_logs() -> AsyncIterator[tuple[RedisTurnEventLog, RedisTurnEventLog]]:
+    client_a, client_b = Redis.from_url(REDIS_URL), Redis.from_url(REDIS_URL)
+    replica_a, replica_b = RedisTurnEventLog(client_a), RedisTurnEventLog(client_b)
+    await replica_a.start()
+    await replica_b.start()
+    try:
+        yield replica_a, replica_b
+    finally:
+        await replica_a.aclose()
+        await replica_b.aclose()
+        await client_a.aclose()
+        await client_b.aclose()
+
+
+@needs_redis
+async def test_redis_log_lets_another_replica_replay_and_follow(
+    redis_logs: tuple[RedisTurnEventLog, RedisTurnEventLog],
+) -> None:
+    replica_a, replica_b = redis_logs
+    turn_id = str(uuid.uuid4())
+    await replica_a.open_turn(turn_id, "s1")
+    await _write_turn(replica_a, turn_id, 3, final=False)
+    assert await replica_b.session_of(turn_id) == "s1"
+    follower = asyncio.create_task(_collect(replica_b, turn_id, 2))
+    for seq in (4, 5):
+        await replica_a.append(turn_id, seq, f'{{"seq": {seq}}}', final=seq == 5)
+    events = await asyncio.wait_for(follower, 30)
+    assert [(e.seq, e.data, e.final) for e in events] == [
+        (3, '{"seq": 3}', False),
+        (4, '{"seq": 4}', False),
+        (5, '{"seq": 5}', True),
+    ]
+    with pytest.raises(TurnNotFound):
+        await _collect(replica_b, str(uuid.uuid4()), 0)
+
+
+@needs_redis
+async def test_redis_cancel_signal_reaches_the_replica_running_the_turn(
+    redis_logs: tuple[RedisTurnEventLog, RedisTurnEventLog],
+) -> None:
+    replica_a, replica_b = redis_logs
+    turn_id = str(uuid.uuid4())
+    received: asyncio.Queue[str] = asyncio.Queue()
+    replica_a.on_cancel(turn_id, received.put_nowait)
+    assert await replica_b.request_cancel(turn_id, "cancelled") is False  # not running on B: published
+    assert await asyncio.wait_for(received.get(), 30) == "cancelled"
