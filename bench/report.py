@@ -88,7 +88,13 @@ def _head(results: dict[str, Any], results_path: Path) -> list[str]:
             f"{machine.get('name')}: {machine.get('cores')} cores ({machine.get('cpu')}), "
             f"{machine.get('memory_gib')} GiB",
         ],
-        ["Load average at start", ", ".join(str(x) for x in machine.get("load_average_at_start", []))],
+        [
+            "Load average (1, 5, 15 min)",
+            "start "
+            + ", ".join(str(x) for x in machine.get("load_average_at_start", []))
+            + "; end "
+            + ", ".join(str(x) for x in machine.get("load_average_at_end", [])),
+        ],
         [
             "Software",
             f"Python {machine.get('python')}, {machine.get('os')}, engine commit {machine.get('git_commit')}",

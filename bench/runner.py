@@ -8,6 +8,7 @@ was measured. Partial results are also written after every scenario to the run's
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 import traceback
@@ -99,6 +100,7 @@ def run_benchmark(options: RunOptions) -> Path:
         results["database_versions"] = bench.database_versions
         results["profiles"] = bench.profiles
     results["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+    results["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     results["targets"] = evaluate_targets(results)
     write_results(results, output)
     doc.write_text(render(results, output))
