@@ -25,7 +25,7 @@
   const INLINE = new RegExp(
     [
       "(`+)([^`][\\s\\S]*?)\\1(?!`)", // 1,2 code span
-      "\\[([^\\]\\n]+)\\]\\(\\s*([^()\\s]+)\\s*\\)", // 3,4 link
+      "\\[([^\\]\\n]+)\\]\\(\\s*((?:[^()\\s]|\\([^()\\s]*\\))+)\\s*\\)", // 3,4 link (one level of parens)
       "\\*\\*([^\\s*](?:[\\s\\S]*?[^\\s*])?)\\*\\*", // 5 bold
       "~~([^\\s~](?:[\\s\\S]*?[^\\s~])?)~~", // 6 strike
       "\\*([^\\s*](?:[^*\\n]*?[^\\s*])?)\\*", // 7 italic
@@ -174,6 +174,7 @@
     for (const li of list.children) {
       const source = li.__source;
       delete li.__source;
+      while (source.lines.length > 1 && source.lines[source.lines.length - 1].trim() === "") source.lines.pop();
       const nested = source.lines.length > 1;
       if (nested) li.appendChild(blocks(source.lines, true));
       else inline(li, source.lines[0]);
@@ -230,8 +231,12 @@
         i += 1;
       }
       const text = para.join("\n");
-      if (tight && out.childNodes.length === 0 && i >= lines.length) {
-        inline(out, text);
+      if (tight) {
+        // A list item's text stays bare (no <p> margins); a second paragraph starts on a new line.
+        if (out.lastChild && out.lastChild.nodeName === "SPAN") out.appendChild(el("br"));
+        const span = el("span");
+        inline(span, text);
+        out.appendChild(span);
       } else {
         const p = el("p");
         inline(p, text);
