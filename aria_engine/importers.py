@@ -324,7 +324,7 @@ class _JsonlSource:
                 continue
             spool.put(number, None, value)
 
-    def session_fields(self, report: _Report) -> dict[str, Any]:
+    def session_fields(self) -> dict[str, Any]:
         h = self.header
         fields: dict[str, Any] = {
             "title": _clip(h.get("_title"), 200),
@@ -466,7 +466,7 @@ class _OpenClawSource:
         self.off_branch = len(self.parents) - len(self.path)
         self.parents.clear()  # the index is no longer needed; free it before the write
 
-    def session_fields(self, report: _Report) -> dict[str, Any]:
+    def session_fields(self) -> dict[str, Any]:
         h = self.header
         return {
             "created_at": _when(h.get("timestamp")),
@@ -656,7 +656,7 @@ async def import_session(
         await source.scan(lines, spool, report)
         if not source.header and spool.file.tell() == 0:
             raise ValidationError("The file holds nothing to import.")
-        fields = source.session_fields(report)
+        fields = source.session_fields()
         session_id, imported = await _write(
             db_session_factory, source, spool, report, fields, owner, agent_id
         )
