@@ -20,6 +20,7 @@ import click
 import orjson
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from aria_engine.auth import OPEN_PRINCIPAL
 from aria_engine.cli.core import load_config
 from aria_engine.config import EngineConfig
 from aria_engine.exceptions import EngineError
@@ -28,7 +29,7 @@ from aria_engine.importers import IMPORT_FORMATS, ImportResult, detect_format, i
 
 __all__ = ["export_command", "import_command"]
 
-DEFAULT_OWNER = "anonymous"
+DEFAULT_OWNER = OPEN_PRINCIPAL  # the principal of open mode, so imports show up in the UI without keys
 T = TypeVar("T")
 
 
