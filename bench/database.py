@@ -17,14 +17,14 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-from sqlalchemy import insert, text, update
+from sqlalchemy import insert, select, text, update
 from sqlalchemy.engine import make_url
 
 from aria_engine.db.engine import create_engine
 from aria_engine.db.migrate import upgrade_sync
 from aria_engine.db.models import ChatMessage, ChatSession
 
-__all__ = ["BenchDatabase", "seed_messages", "seed_sessions", "session_owner"]
+__all__ = ["BenchDatabase", "assistant_timings", "seed_messages", "seed_sessions", "session_owner"]
 
 _BATCH = 2000
 
@@ -113,6 +113,29 @@ def _db_uuid(url: str, session_id: str) -> Any:
     # SQLAlchemy's Uuid stores 32 hex digits on SQLite and a native uuid on PostgreSQL.
     parsed = uuid.UUID(session_id)
     return parsed.hex if url.startswith("sqlite") else parsed
+
+
+def assistant_timings(url: str, since: datetime) -> list[tuple[int, int]]:
+    """(ttft_ms, latency_ms) the engine itself stored for the assistant rows written since `since`.
+
+    These are the engine's own clocks (from the start of the turn's LLM call), so comparing them with the
+    client's TTFT splits time spent before the call from time spent delivering it.
+    """
+
+    async def read() -> list[tuple[int, int]]:
+        engine = create_engine(url)
+        try:
+            async with engine.connect() as conn:
+                query = (
+                    select(ChatMessage.ttft_ms, ChatMessage.latency_ms)
+                    .where(ChatMessage.role == "assistant", ChatMessage.created_at >= since)
+                    .where(ChatMessage.ttft_ms.is_not(None))
+                )
+                return [(int(a), int(b or 0)) for a, b in (await conn.execute(query)).all()]
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(read())
 
 
 def seed_sessions(url: str, owner: str, count: int, model: str) -> None:

@@ -283,9 +283,16 @@ def _many(results: dict[str, Any]) -> list[str]:
         )
         engine = entry.get("engine") or {}
         lines += _table(
-            ["Server RSS at start", "RSS per idle connection", "RSS per streaming connection", "Server CPU"],
+            [
+                "Engine's own TTFT p50 / p99",
+                "Server RSS at start",
+                "RSS per idle connection",
+                "RSS per streaming connection",
+                "Server CPU",
+            ],
             [
                 [
+                    f"{_med(engine, 'server_ttft_p50', 0)} / {_med(engine, 'server_ttft_p99', 0)} ms",
                     f"{_med(engine, 'rss_base_mb')} MB",
                     f"{_med(engine, 'rss_idle_kb_per_connection')} KB",
                     f"{_med(engine, 'rss_streaming_kb_per_connection')} KB",

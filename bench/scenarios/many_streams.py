@@ -4,14 +4,17 @@ All sockets are opened first; the server's RSS is read before (baseline) and wit
 idle; then all turns start, spread over a short ramp, and a sampler records the server's RSS and CPU
 while they stream. The added inter-token delay of a stream is each gap between two tokens minus the
 provider's schedule (the per-token delay); the same clients reading the provider directly give the
-floor (client and provider jitter on this machine).
+floor (client and provider jitter on this machine). The engine's own TTFT (stored on each assistant row,
+measured from the start of its LLM call) separates waiting before the call from delivering it.
 """
 
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 from typing import Any
 
+from bench.database import assistant_timings
 from bench.harness import Bench, EngineHandle, Sampler
 from bench.scenarios import ms
 from bench.stats import across_repeats, summarize
@@ -47,13 +50,18 @@ def _engine_repeat(bench: Bench, engine: EngineHandle, urls: list[str], delay: f
         sampler.__enter__()
 
     job = bench.ws_job(urls, record_gaps=True, ramp=sizes.many_ramp, phased=True, connect_concurrency=100)
+    since = datetime.now(UTC)
     try:
         result = bench.turns(job, processes=sizes.many_processes, on_ready=on_ready)
     finally:
         if "idle" in state:
             sampler.__exit__()
     streams = len(urls)
+    server = assistant_timings(engine.database.url, since)
+    server_ttft = summarize(float(ttft) for ttft, _ in server)
     row = _added(result, delay) | {
+        "server_ttft_p50": server_ttft.get("p50", float("nan")),
+        "server_ttft_p99": server_ttft.get("p99", float("nan")),
         "rss_base_mb": state["base"] / 2**20,
         "rss_idle_kb_per_connection": (state["idle"] - state["base"]) / streams / 1024,
         "rss_streaming_kb_per_connection": (sampler.peak_rss() - state["base"]) / streams / 1024,
