@@ -221,8 +221,8 @@ def messages_of(base_url: str, session_id: str) -> list[dict[str, Any]]:
     return items
 
 
-def test_chat_streams_the_answer_and_prints_tokens_and_cost(live_server: Any, llm_server: FakeLLM) -> None:
-    llm_server.enqueue(Reply("The capital of France is Paris.", thinking="Recall geography."))
+def test_chat_streams_the_answer_and_prints_tokens_and_cost(live_server: Any, fake_llm: FakeLLM) -> None:
+    fake_llm.enqueue(Reply("The capital of France is Paris.", thinking="Recall geography."))
 
     result = run_chat(
         ["--url", live_server.base_url, "--thinking"], "What is the capital of France?\n/quit\n"
@@ -241,9 +241,9 @@ def test_chat_streams_the_answer_and_prints_tokens_and_cost(live_server: Any, ll
 
 
 def test_slash_commands_manage_sessions_models_and_exports(
-    live_server: Any, llm_server: FakeLLM, tmp_path: Any
+    live_server: Any, fake_llm: FakeLLM, tmp_path: Any
 ) -> None:
-    llm_server.enqueue(Reply("First answer."), Reply("Second answer."))
+    fake_llm.enqueue(Reply("First answer."), Reply("Second answer."))
     export_path = tmp_path / "out.md"
     script = "\n".join(
         [
@@ -278,9 +278,9 @@ def test_slash_commands_manage_sessions_models_and_exports(
 
 
 def test_switch_continues_an_existing_session_and_exports_to_screen(
-    live_server: Any, llm_server: FakeLLM
+    live_server: Any, fake_llm: FakeLLM
 ) -> None:
-    llm_server.enqueue(Reply("One."), Reply("Two."))
+    fake_llm.enqueue(Reply("One."), Reply("Two."))
     first = run_chat(["--url", live_server.base_url], "remember apples\n")
     assert first.exit_code == 0, first.output  # end of input leaves like /quit
     (session,) = sessions_of(live_server.base_url)
@@ -298,8 +298,8 @@ def test_switch_continues_an_existing_session_and_exports_to_screen(
     assert "remember apples" in contents and "Two." in contents
 
 
-def test_mistakes_are_reported_and_the_chat_goes_on(live_server: Any, llm_server: FakeLLM) -> None:
-    llm_server.enqueue(Reply("Still here."))
+def test_mistakes_are_reported_and_the_chat_goes_on(live_server: Any, fake_llm: FakeLLM) -> None:
+    fake_llm.enqueue(Reply("Still here."))
     script = (
         "/bogus\n/model no-such-model\n/switch 00000000-0000-0000-0000-000000000000\n/export pdf\nping?\n"
     )
@@ -329,9 +329,9 @@ def test_an_unknown_session_or_server_is_one_clean_line(live_server: Any) -> Non
 
 
 def test_ctrl_c_cancels_the_turn_and_keeps_the_chat_open(
-    live_server: Any, llm_server: FakeLLM, chat_process: Callable[..., ChatProcess]
+    live_server: Any, fake_llm: FakeLLM, chat_process: Callable[..., ChatProcess]
 ) -> None:
-    llm_server.enqueue(Reply(LONG_ANSWER, delay=0.05), Reply("After the stop."))
+    fake_llm.enqueue(Reply(LONG_ANSWER, delay=0.05), Reply("After the stop."))
     chat = chat_process("--url", live_server.base_url)
     chat.wait_for(lambda out: "[type a message" in out)
 
@@ -359,13 +359,13 @@ def test_ctrl_c_cancels_the_turn_and_keeps_the_chat_open(
 def test_a_dropped_connection_is_resumed_without_losing_or_repeating_text(
     start_server: Callable[..., Any],
     api_config: Callable[..., Any],
-    llm_server: FakeLLM,
+    fake_llm: FakeLLM,
     proxy_factory: Callable[[str], TcpProxy],
     chat_process: Callable[..., ChatProcess],
 ) -> None:
     server = start_server(api_config(keep_turn_on_disconnect=True))
     proxy = proxy_factory(server.base_url)
-    llm_server.enqueue(Reply(LONG_ANSWER, delay=0.03))
+    fake_llm.enqueue(Reply(LONG_ANSWER, delay=0.03))
     chat = chat_process("--url", proxy.url)
     chat.wait_for(lambda out: "[type a message" in out)
 
@@ -382,11 +382,11 @@ def test_a_dropped_connection_is_resumed_without_losing_or_repeating_text(
 
 
 def test_api_key_comes_from_the_environment(
-    start_server: Callable[..., Any], api_config: Callable[..., Any], llm_server: FakeLLM, database_url: str
+    start_server: Callable[..., Any], api_config: Callable[..., Any], fake_llm: FakeLLM, database_url: str
 ) -> None:
     server = start_server(api_config())
     key = create_api_key(database_url, "cli-user")
-    llm_server.enqueue(Reply("Authenticated answer."))
+    fake_llm.enqueue(Reply("Authenticated answer."))
 
     refused = run_chat(["--url", server.base_url], "hi\n")
     assert refused.exit_code == 1

@@ -138,9 +138,9 @@ def rest(server: Any, method: str, path: str, key: str | None = None, **kwargs: 
 
 
 def test_new_session_streams_the_answer_in_steps_with_usage(
-    page: Any, live_server: Any, llm_server: FakeLLM
+    page: Any, live_server: Any, fake_llm: FakeLLM
 ) -> None:
-    llm_server.enqueue(
+    fake_llm.enqueue(
         Reply("", thinking="The user asks about France.", tool_calls=[ToolCall("current_time", {})]),
         Reply("Paris is the **capital** of France, famous for `cafés`.", delay=0.02),
     )
@@ -184,8 +184,8 @@ def test_new_session_streams_the_answer_in_steps_with_usage(
     screenshot(page, "chat.png")
 
 
-def test_stop_button_and_escape_cancel_the_turn(page: Any, live_server: Any, llm_server: FakeLLM) -> None:
-    llm_server.enqueue(Reply(LONG_ANSWER, delay=0.05), Reply(LONG_ANSWER, delay=0.05), Reply("Done."))
+def test_stop_button_and_escape_cancel_the_turn(page: Any, live_server: Any, fake_llm: FakeLLM) -> None:
+    fake_llm.enqueue(Reply(LONG_ANSWER, delay=0.05), Reply(LONG_ANSWER, delay=0.05), Reply("Done."))
     page.goto(live_server.base_url + "/")
     session_id = new_session(page)
 
@@ -218,10 +218,10 @@ def test_stop_button_and_escape_cancel_the_turn(page: Any, live_server: Any, llm
 
 
 def test_reload_mid_stream_shows_the_whole_answer_once(
-    page: Any, start_server: Callable[..., Any], api_config: Callable[..., Any], llm_server: FakeLLM
+    page: Any, start_server: Callable[..., Any], api_config: Callable[..., Any], fake_llm: FakeLLM
 ) -> None:
     server = start_server(api_config(keep_turn_on_disconnect=True))
-    llm_server.enqueue(Reply(LONG_ANSWER, delay=0.03))
+    fake_llm.enqueue(Reply(LONG_ANSWER, delay=0.03))
     page.goto(server.base_url + "/")
     new_session(page)
 
@@ -241,12 +241,12 @@ def test_a_dropped_connection_resumes_without_losing_or_repeating_text(
     page: Any,
     start_server: Callable[..., Any],
     api_config: Callable[..., Any],
-    llm_server: FakeLLM,
+    fake_llm: FakeLLM,
     proxy_factory: Callable[[str], TcpProxy],
 ) -> None:
     server = start_server(api_config(keep_turn_on_disconnect=True))
     proxy = proxy_factory(server.base_url)
-    llm_server.enqueue(Reply(LONG_ANSWER, delay=0.03))
+    fake_llm.enqueue(Reply(LONG_ANSWER, delay=0.03))
     page.goto(proxy.url + "/")
     new_session(page)
     page.evaluate(RECORD_STEPS)
@@ -266,9 +266,9 @@ def test_a_dropped_connection_resumes_without_losing_or_repeating_text(
 
 
 def test_a_refused_message_is_taken_back_and_explained(
-    page: Any, live_server: Any, llm_server: FakeLLM
+    page: Any, live_server: Any, fake_llm: FakeLLM
 ) -> None:
-    llm_server.enqueue(Reply(LONG_ANSWER, delay=0.05))
+    fake_llm.enqueue(Reply(LONG_ANSWER, delay=0.05))
     page.goto(live_server.base_url + "/")
     session_id = new_session(page)
     # Another client's turn holds the session: the REST send streams for a few seconds.
@@ -280,7 +280,7 @@ def test_a_refused_message_is_taken_back_and_explained(
             f"/api/engine/chat/sessions/{session_id}/messages",
             json={"content": "x"},
         )
-        while not llm_server.requests:
+        while not fake_llm.requests:
             assert not other.done(), "the other client's turn ended before it was seen"
             page.wait_for_timeout(50)
         send(page, "me too")
@@ -290,8 +290,8 @@ def test_a_refused_message_is_taken_back_and_explained(
         assert other.result()["finish_reason"] == "stop"
 
 
-def test_export_buttons_download_every_format(page: Any, live_server: Any, llm_server: FakeLLM) -> None:
-    llm_server.enqueue(Reply("Exported answer."))
+def test_export_buttons_download_every_format(page: Any, live_server: Any, fake_llm: FakeLLM) -> None:
+    fake_llm.enqueue(Reply("Exported answer."))
     page.goto(live_server.base_url + "/")
     session_id = new_session(page)
     send(page, "export me")
@@ -316,7 +316,7 @@ def test_export_buttons_download_every_format(page: Any, live_server: Any, llm_s
     assert [m["role"] for m in openai[0]["messages"]][-2:] == ["user", "assistant"]
 
 
-def test_search_box_finds_sessions_by_message_text(page: Any, live_server: Any, llm_server: FakeLLM) -> None:
+def test_search_box_finds_sessions_by_message_text(page: Any, live_server: Any, fake_llm: FakeLLM) -> None:
     ids = {}
     for word in ("kumquat", "zucchini"):
         created = rest(live_server, "POST", "/api/engine/chat/sessions", json={})
@@ -372,11 +372,11 @@ def test_model_picker_labels_the_demo_model_and_unavailable_ones(
     page: Any,
     start_server: Callable[..., Any],
     api_config: Callable[..., Any],
-    llm_server: FakeLLM,
+    fake_llm: FakeLLM,
     tmp_path: Path,
 ) -> None:
     catalog = tmp_path / "demo-models.yaml"
-    catalog.write_text(DEMO_CATALOG.format(base_url=llm_server.base_url), encoding="utf-8")
+    catalog.write_text(DEMO_CATALOG.format(base_url=fake_llm.base_url), encoding="utf-8")
     server = start_server(api_config(models_path=catalog))
     page.goto(server.base_url + "/")
     picker = page.get_by_label("Model")
@@ -393,7 +393,7 @@ def test_model_picker_labels_the_demo_model_and_unavailable_ones(
     assert rest(server, "GET", f"/api/engine/chat/sessions/{session_id}")["model"] == "tiny-demo"
 
 
-def test_long_histories_and_session_lists_are_paged(page: Any, live_server: Any, llm_server: FakeLLM) -> None:
+def test_long_histories_and_session_lists_are_paged(page: Any, live_server: Any, fake_llm: FakeLLM) -> None:
     sessions = [rest(live_server, "POST", "/api/engine/chat/sessions", json={}) for _ in range(21)]
     oldest, newest = sessions[0]["id"], sessions[-1]["id"]
     for i in range(26):  # 52 rows: more than the newest page the session view loads
@@ -436,8 +436,8 @@ def assert_inert(page: Any) -> None:
     assert '<img src=x onerror="window.__xss=1">' in messages.inner_text()
 
 
-def test_markup_in_messages_stays_inert_text(page: Any, live_server: Any, llm_server: FakeLLM) -> None:
-    llm_server.enqueue(
+def test_markup_in_messages_stays_inert_text(page: Any, live_server: Any, fake_llm: FakeLLM) -> None:
+    fake_llm.enqueue(
         Reply("Here it is: " + XSS, tool_calls=[ToolCall("current_time", {})]),
         Reply("Echo: " + XSS),
     )
@@ -490,12 +490,12 @@ def test_auth_asks_for_a_key_once_and_opens_sockets_with_tickets(
     page: Any,
     start_server: Callable[..., Any],
     api_config: Callable[..., Any],
-    llm_server: FakeLLM,
+    fake_llm: FakeLLM,
     database_url: str,
 ) -> None:
     server = start_server(api_config())
     key = create_api_key(database_url, "browser-user")
-    llm_server.enqueue(Reply("Hello, authenticated user."))
+    fake_llm.enqueue(Reply("Hello, authenticated user."))
     socket_urls: list[str] = []
     page.on("websocket", lambda ws: socket_urls.append(ws.url))
     page.goto(server.base_url + "/")
@@ -527,9 +527,9 @@ def test_auth_asks_for_a_key_once_and_opens_sockets_with_tickets(
 
 
 def test_phone_width_layout_hides_and_shows_the_session_list(
-    browser: Any, live_server: Any, llm_server: FakeLLM
+    browser: Any, live_server: Any, fake_llm: FakeLLM
 ) -> None:
-    llm_server.enqueue(Reply("Small screens work too."))
+    fake_llm.enqueue(Reply("Small screens work too."))
     context = browser.new_context(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
     context.set_default_timeout(HANG_GUARD_MS)
     page = context.new_page()
