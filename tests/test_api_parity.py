@@ -52,13 +52,13 @@ def _scripts() -> list[Script]:
 
 @pytest.mark.parametrize("scripted", ["plain", "thinking_and_tools"])
 async def test_rest_reply_equals_the_folded_websocket_events(
-    live_server: LiveServer, llm_server: FakeLLM, scripted: str
+    live_server: LiveServer, fake_llm: FakeLLM, scripted: str
 ) -> None:
     def enqueue() -> None:
         if scripted == "plain":
-            llm_server.enqueue(Reply("Same words both ways.", usage=Usage(50, 6)))
+            fake_llm.enqueue(Reply("Same words both ways.", usage=Usage(50, 6)))
         else:
-            llm_server.enqueue(*_scripts())
+            fake_llm.enqueue(*_scripts())
 
     async with live_server.client() as http:
         rest_session = (await http.post(f"{CHAT}/sessions", json={})).json()["id"]

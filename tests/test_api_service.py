@@ -52,8 +52,8 @@ async def test_ready_is_503_with_retry_after_while_the_database_refuses_connecti
     assert recovered.status_code == 200
 
 
-async def test_metrics_count_requests_and_turns(live_server: LiveServer, llm_server: FakeLLM) -> None:
-    llm_server.enqueue(Reply("Counted.", usage=Usage(10, 20)), Reply("Streamed.", usage=Usage(10, 20)))
+async def test_metrics_count_requests_and_turns(live_server: LiveServer, fake_llm: FakeLLM) -> None:
+    fake_llm.enqueue(Reply("Counted.", usage=Usage(10, 20)), Reply("Streamed.", usage=Usage(10, 20)))
     async with live_server.client() as http:
         session_id = (await http.post(f"{CHAT}/sessions", json={})).json()["id"]
         await http.post(f"{CHAT}/sessions/{session_id}/messages", json={"content": "hi"})
@@ -120,9 +120,9 @@ async def test_the_web_ui_is_served_at_the_root_without_shadowing_the_api(live_s
 
 
 async def test_shutdown_ends_a_running_turn_as_interrupted(
-    api_config: Callable[..., EngineConfig], llm_server: FakeLLM
+    api_config: Callable[..., EngineConfig], fake_llm: FakeLLM
 ) -> None:
-    llm_server.enqueue(Stall(after=2, seconds=60, reply=Reply("never finished")))
+    fake_llm.enqueue(Stall(after=2, seconds=60, reply=Reply("never finished")))
     config = api_config(keep_turn_on_disconnect=True)
     with serve(config) as server:
         async with server.client() as http:

@@ -68,9 +68,9 @@ async def test_create_session_validates_its_body_with_422(live_server: LiveServe
 
 
 async def test_send_message_returns_the_collected_reply_with_usage_and_exact_cost(
-    live_server: LiveServer, llm_server: FakeLLM
+    live_server: LiveServer, fake_llm: FakeLLM
 ) -> None:
-    llm_server.enqueue(Reply("Hi, how can I help?", usage=Usage(1000, 2000)))
+    fake_llm.enqueue(Reply("Hi, how can I help?", usage=Usage(1000, 2000)))
     async with live_server.client() as http:
         session = await _create(http)
         response = await http.post(f"{CHAT}/sessions/{session['id']}/messages", json={"content": "Hello!"})
@@ -122,9 +122,9 @@ async def test_unknown_and_malformed_session_ids_are_404_on_every_session_route(
 
 
 async def test_provider_failure_is_502_without_internal_text(
-    live_server: LiveServer, llm_server: FakeLLM
+    live_server: LiveServer, fake_llm: FakeLLM
 ) -> None:
-    llm_server.enqueue(HTTPError(500, body={"error": {"message": "SECRET upstream stack trace"}}))
+    fake_llm.enqueue(HTTPError(500, body={"error": {"message": "SECRET upstream stack trace"}}))
     async with live_server.client() as http:
         session = await _create(http)
         response = await http.post(f"{CHAT}/sessions/{session['id']}/messages", json={"content": "hi"})
@@ -134,7 +134,7 @@ async def test_provider_failure_is_502_without_internal_text(
 
 
 async def test_ended_session_refuses_messages_with_410_until_reopened(
-    live_server: LiveServer, llm_server: FakeLLM
+    live_server: LiveServer, fake_llm: FakeLLM
 ) -> None:
     async with live_server.client() as http:
         session = await _create(http)
@@ -178,8 +178,8 @@ async def test_list_sessions_paginates_and_filters(live_server: LiveServer) -> N
     _error(bad_status, 422, "validation_error")
 
 
-async def test_search_finds_sessions_by_message_content(live_server: LiveServer, llm_server: FakeLLM) -> None:
-    llm_server.enqueue(Reply("Noted."), Reply("Noted."))
+async def test_search_finds_sessions_by_message_content(live_server: LiveServer, fake_llm: FakeLLM) -> None:
+    fake_llm.enqueue(Reply("Noted."), Reply("Noted."))
     async with live_server.client() as http:
         zebra = await _create(http)
         other = await _create(http)
@@ -191,8 +191,8 @@ async def test_search_finds_sessions_by_message_content(live_server: LiveServer,
     assert none["items"] == [] and none["total"] == 0
 
 
-async def test_messages_are_paginated_by_seq(live_server: LiveServer, llm_server: FakeLLM) -> None:
-    llm_server.enqueue(Reply("one"), Reply("two"))
+async def test_messages_are_paginated_by_seq(live_server: LiveServer, fake_llm: FakeLLM) -> None:
+    fake_llm.enqueue(Reply("one"), Reply("two"))
     async with live_server.client() as http:
         session = await _create(http)
         base = f"{CHAT}/sessions/{session['id']}"
@@ -224,9 +224,9 @@ async def test_patch_updates_only_the_given_fields(live_server: LiveServer) -> N
 
 
 async def test_export_streams_jsonl_and_markdown_and_rejects_unknown_formats(
-    live_server: LiveServer, llm_server: FakeLLM
+    live_server: LiveServer, fake_llm: FakeLLM
 ) -> None:
-    llm_server.enqueue(Reply("Exported *answer*"))
+    fake_llm.enqueue(Reply("Exported *answer*"))
     async with live_server.client() as http:
         session = await _create(http)
         base = f"{CHAT}/sessions/{session['id']}"
@@ -245,9 +245,9 @@ async def test_export_streams_jsonl_and_markdown_and_rejects_unknown_formats(
 
 
 async def test_import_creates_a_new_session_from_an_export(
-    live_server: LiveServer, llm_server: FakeLLM
+    live_server: LiveServer, fake_llm: FakeLLM
 ) -> None:
-    llm_server.enqueue(Reply("Round trip."))
+    fake_llm.enqueue(Reply("Round trip."))
     async with live_server.client() as http:
         session = await _create(http)
         base = f"{CHAT}/sessions/{session['id']}"
@@ -283,9 +283,9 @@ async def test_models_lists_the_catalog_with_the_default_marked(live_server: Liv
 
 
 async def test_idempotency_key_replays_the_first_reply_without_a_second_llm_call(
-    live_server: LiveServer, llm_server: FakeLLM
+    live_server: LiveServer, fake_llm: FakeLLM
 ) -> None:
-    llm_server.enqueue(Reply("Only once."))
+    fake_llm.enqueue(Reply("Only once."))
     async with live_server.client() as http:
         session = await _create(http)
         url = f"{CHAT}/sessions/{session['id']}/messages"
@@ -295,7 +295,7 @@ async def test_idempotency_key_replays_the_first_reply_without_a_second_llm_call
     assert first.status_code == again.status_code == 200
     assert again.json()["message_id"] == first.json()["message_id"]
     assert again.json()["content"] == "Only once."
-    assert len(llm_server.requests) == 1
+    assert len(fake_llm.requests) == 1
     assert detail["message_count"] == 2
 
 

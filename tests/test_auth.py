@@ -182,10 +182,10 @@ async def test_request_rate_limit_answers_429_with_retry_after(
 async def test_token_rate_limit_refuses_the_next_turn_once_the_budget_is_spent(
     start_server: Callable[[EngineConfig], LiveServer],
     api_config: Callable[..., EngineConfig],
-    llm_server: FakeLLM,
+    fake_llm: FakeLLM,
 ) -> None:
     server = start_server(api_config(rate_limit_tokens_per_minute=100))
-    llm_server.enqueue(Reply("A long answer.", usage=Usage(400, 100)))
+    fake_llm.enqueue(Reply("A long answer.", usage=Usage(400, 100)))
     session_id = await _create(server)
     url = f"{CHAT}/sessions/{session_id}/messages"
     async with server.client() as http:
@@ -203,10 +203,10 @@ async def test_token_rate_limit_refuses_the_next_turn_once_the_budget_is_spent(
 async def test_websocket_turns_count_against_the_token_budget(
     start_server: Callable[[EngineConfig], LiveServer],
     api_config: Callable[..., EngineConfig],
-    llm_server: FakeLLM,
+    fake_llm: FakeLLM,
 ) -> None:
     server = start_server(api_config(rate_limit_tokens_per_minute=100))
-    llm_server.enqueue(Reply("Streamed.", usage=Usage(400, 100)))
+    fake_llm.enqueue(Reply("Streamed.", usage=Usage(400, 100)))
     session_id = await _create(server)
     async with server.websocket(session_id) as ws:
         await send_json(ws, {"type": "message", "content": "hi"})

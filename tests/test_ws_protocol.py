@@ -36,9 +36,9 @@ def _assert_one_turn(events: list[dict[str, Any]]) -> None:
 
 
 async def test_a_turn_streams_start_token_deltas_usage_and_one_done(
-    live_server: LiveServer, llm_server: FakeLLM
+    live_server: LiveServer, fake_llm: FakeLLM
 ) -> None:
-    llm_server.enqueue(Reply("Hello there, friend."))
+    fake_llm.enqueue(Reply("Hello there, friend."))
     session_id = await _session(live_server)
     async with live_server.websocket(session_id) as ws:
         await send_json(ws, {"type": "message", "content": "Hi"})
@@ -58,8 +58,8 @@ async def test_a_turn_streams_start_token_deltas_usage_and_one_done(
     assert stored[1]["content"] == "Hello there, friend."
 
 
-async def test_thinking_and_tool_events_arrive_in_order(live_server: LiveServer, llm_server: FakeLLM) -> None:
-    llm_server.enqueue(
+async def test_thinking_and_tool_events_arrive_in_order(live_server: LiveServer, fake_llm: FakeLLM) -> None:
+    fake_llm.enqueue(
         Reply(
             "",
             thinking="I should add.",
@@ -86,9 +86,9 @@ async def test_thinking_and_tool_events_arrive_in_order(live_server: LiveServer,
 
 
 async def test_ping_mid_turn_gets_a_pong_and_cancel_ends_the_turn_cancelled(
-    live_server: LiveServer, llm_server: FakeLLM
+    live_server: LiveServer, fake_llm: FakeLLM
 ) -> None:
-    llm_server.enqueue(Stall(after=2, seconds=60, reply=Reply("one two three four five")))
+    fake_llm.enqueue(Stall(after=2, seconds=60, reply=Reply("one two three four five")))
     session_id = await _session(live_server)
     async with live_server.websocket(session_id) as ws:
         await send_json(ws, {"type": "message", "content": "count"})
@@ -99,7 +99,7 @@ async def test_ping_mid_turn_gets_a_pong_and_cancel_ends_the_turn_cancelled(
         events = await read_turn(ws, first)
     _assert_one_turn(events)
     assert events[-1]["finish_reason"] == "cancelled"
-    assert await asyncio.to_thread(llm_server.wait_for_disconnects, 1)  # the upstream call was closed
+    assert await asyncio.to_thread(fake_llm.wait_for_disconnects, 1)  # the upstream call was closed
     assistant = (await _messages(live_server, session_id))[-1]
     assert assistant["role"] == "assistant"
     assert assistant["finish_reason"] == "cancelled"
@@ -107,9 +107,9 @@ async def test_ping_mid_turn_gets_a_pong_and_cancel_ends_the_turn_cancelled(
 
 
 async def test_a_second_message_while_a_turn_runs_gets_session_busy(
-    live_server: LiveServer, llm_server: FakeLLM
+    live_server: LiveServer, fake_llm: FakeLLM
 ) -> None:
-    llm_server.enqueue(Stall(after=1, seconds=60, reply=Reply("slow answer here")))
+    fake_llm.enqueue(Stall(after=1, seconds=60, reply=Reply("slow answer here")))
     session_id = await _session(live_server)
     async with live_server.websocket(session_id) as ws, live_server.websocket(session_id) as other:
         await send_json(ws, {"type": "message", "content": "first"})
@@ -162,14 +162,14 @@ async def test_a_frame_over_the_size_limit_closes_with_1009(start_server: Any, a
 
 
 async def test_disconnect_mid_turn_cancels_it_and_persists_the_partial_as_disconnected(
-    live_server: LiveServer, llm_server: FakeLLM
+    live_server: LiveServer, fake_llm: FakeLLM
 ) -> None:
-    llm_server.enqueue(Stall(after=2, seconds=60, reply=Reply("alpha beta gamma delta")))
+    fake_llm.enqueue(Stall(after=2, seconds=60, reply=Reply("alpha beta gamma delta")))
     session_id = await _session(live_server)
     async with live_server.websocket(session_id) as ws:
         await send_json(ws, {"type": "message", "content": "go"})
         seen = await read_until(ws, lambda e: e["type"] == "token" and e["seq"] == 3)
-    assert await asyncio.to_thread(llm_server.wait_for_disconnects, 1)
+    assert await asyncio.to_thread(fake_llm.wait_for_disconnects, 1)
     streamed = "".join(e["content"] for e in seen if e["type"] == "token")
     assistant = await _wait_for_assistant(live_server, session_id)
     assert assistant["finish_reason"] == "disconnected"

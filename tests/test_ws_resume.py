@@ -68,10 +68,10 @@ async def _assert_resumed_exactly_once(
 async def test_reconnect_and_resume_mid_turn_receives_each_missing_event_once(
     start_server: Callable[[EngineConfig], LiveServer],
     api_config: Callable[..., EngineConfig],
-    llm_server: FakeLLM,
+    fake_llm: FakeLLM,
 ) -> None:
     server = start_server(api_config(keep_turn_on_disconnect=True))
-    llm_server.enqueue(Reply(WORDS, delay=0.02))
+    fake_llm.enqueue(Reply(WORDS, delay=0.02))
     session_id = await _session(server)
     first = await _start_then_drop(server, session_id, upto_seq=4)
     rest = await _resume(server, session_id, first[0]["turn_id"], after_seq=4)
@@ -82,10 +82,10 @@ async def test_reconnect_and_resume_mid_turn_receives_each_missing_event_once(
 async def test_resume_after_the_turn_finished_replays_from_the_log(
     start_server: Callable[[EngineConfig], LiveServer],
     api_config: Callable[..., EngineConfig],
-    llm_server: FakeLLM,
+    fake_llm: FakeLLM,
 ) -> None:
     server = start_server(api_config(keep_turn_on_disconnect=True))
-    llm_server.enqueue(Reply(WORDS))
+    fake_llm.enqueue(Reply(WORDS))
     session_id = await _session(server)
     async with server.websocket(session_id) as ws:
         await send_json(ws, {"type": "message", "content": "count"})
@@ -111,11 +111,11 @@ async def test_resume_of_another_sessions_turn_is_turn_not_found(live_server: Li
 async def test_resume_on_another_replica_through_redis(
     start_server: Callable[[EngineConfig], LiveServer],
     api_config: Callable[..., EngineConfig],
-    llm_server: FakeLLM,
+    fake_llm: FakeLLM,
 ) -> None:
     config = api_config(keep_turn_on_disconnect=True, redis_url=REDIS_URL)
     replica_a, replica_b = start_server(config), start_server(config)
-    llm_server.enqueue(Reply(WORDS, delay=0.02))
+    fake_llm.enqueue(Reply(WORDS, delay=0.02))
     session_id = await _session(replica_a)
     first = await _start_then_drop(replica_a, session_id, upto_seq=4)
     rest = await _resume(replica_b, session_id, first[0]["turn_id"], after_seq=4)
@@ -126,11 +126,11 @@ async def test_resume_on_another_replica_through_redis(
 async def test_cancel_sent_to_another_replica_stops_the_turn(
     start_server: Callable[[EngineConfig], LiveServer],
     api_config: Callable[..., EngineConfig],
-    llm_server: FakeLLM,
+    fake_llm: FakeLLM,
 ) -> None:
     config = api_config(keep_turn_on_disconnect=True, redis_url=REDIS_URL)
     replica_a, replica_b = start_server(config), start_server(config)
-    llm_server.enqueue(Stall(after=2, seconds=60, reply=Reply(WORDS)))
+    fake_llm.enqueue(Stall(after=2, seconds=60, reply=Reply(WORDS)))
     session_id = await _session(replica_a)
     first = await _start_then_drop(replica_a, session_id, upto_seq=3)
     turn_id = first[0]["turn_id"]
@@ -140,4 +140,4 @@ async def test_cancel_sent_to_another_replica_stops_the_turn(
         rest = await read_turn(ws)
     assert rest[-1]["finish_reason"] == "cancelled"
     assert [e["seq"] for e in first + rest] == list(range(1, len(first + rest) + 1))
-    assert await asyncio.to_thread(llm_server.wait_for_disconnects, 1)
+    assert await asyncio.to_thread(fake_llm.wait_for_disconnects, 1)

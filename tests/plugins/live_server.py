@@ -10,8 +10,8 @@
         server = start_server(api_config(keep_turn_on_disconnect=True))
 
 `api_config(**overrides)` builds an EngineConfig on the test's `database_url` and a models.yaml written
-next to it that points at the fake OpenAI-compatible provider (`llm_server`, a real HTTP server started
-for the test; models as in `aria_engine.testing.fake_llm.write_fake_catalog`).
+next to it that points at the fake OpenAI-compatible provider (the `fake_llm` fixture of
+tests/plugins/fake_llm.py, a real HTTP server; models as in `write_fake_catalog`).
 """
 
 from __future__ import annotations
@@ -134,14 +134,8 @@ def serve(config: EngineConfig) -> Iterator[LiveServer]:
 
 
 @pytest.fixture
-def llm_server() -> Iterator[FakeLLM]:
-    with FakeLLM() as fake:
-        yield fake
-
-
-@pytest.fixture
-def api_config(database_url: str, llm_server: FakeLLM, tmp_path: Path) -> Callable[..., EngineConfig]:
-    catalog = write_fake_catalog(tmp_path / "models.yaml", llm_server.base_url)
+def api_config(database_url: str, fake_llm: FakeLLM, tmp_path: Path) -> Callable[..., EngineConfig]:
+    catalog = write_fake_catalog(tmp_path / "models.yaml", fake_llm.base_url)
 
     def build(**overrides: Any) -> EngineConfig:
         values: dict[str, Any] = {
