@@ -4,7 +4,7 @@ load generators, and a sampler for a server's RSS and CPU.
     with Bench(sizes, work_dir) as bench:
         with bench.engine("postgres") as engine:
             sid = engine.create_session()
-            results = bench.load([engine.ws_job([sid], turns=10)])
+            measured = bench.turns(bench.ws_job([engine.ws_url(sid)], turns=10))
 
 The engine runs the way a user runs it, `aria-engine serve` under uvicorn with one worker, configured
 only through its environment (the ARIA_LLM_* shortcut points it at the fake provider; rate limits are off

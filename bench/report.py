@@ -101,6 +101,8 @@ def _head(results: dict[str, Any], results_path: Path) -> list[str]:
         ],
         ["Packages", ", ".join(f"{k} {v}" for k, v in packages.items())],
     ]
+    for role, description in (results.get("servers") or {}).items():
+        rows.append([role.capitalize(), description])
     for backend, version in (results.get("database_versions") or {}).items():
         rows.append([f"Database ({backend})", version.split(" on ")[0]])
     peer = pick(results, "scenarios", "peer") or {}

@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from bench.harness import Bench, EngineHandle
+from bench.harness import RELAY_WS, Bench, EngineHandle
 from bench.machine import machine_info, machine_name
 from bench.report import render
 from bench.scenarios import history, many_streams, peer, rest, soak, throughput, ttft
@@ -82,6 +82,11 @@ def run_benchmark(options: RunOptions) -> Path:
         "machine": machine_info(REPO),
         "notes": list(options.notes),
         "sizes": options.sizes.as_dict(),
+        "servers": {
+            "engine": "aria-engine serve (uvicorn, one worker, its default WebSocket implementation)",
+            "relay": f"bench/relay.py (Starlette under uvicorn, ws={RELAY_WS!r})",
+            "provider": "bench/provider.py (raw ASGI under uvicorn, httptools)",
+        },
         "scenarios": {},
         "failures": [],
     }
