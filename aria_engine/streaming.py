@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
+from starlette.status import WS_1009_MESSAGE_TOO_BIG
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from aria_engine.events import DoneEvent, ErrorEvent, FinishReason, TurnControl, TurnEvent
@@ -49,8 +50,6 @@ __all__ = ["MAX_CONTENT_CHARS", "StreamManager", "TurnObserver"]
 logger = logging.getLogger("aria.streaming")
 
 MAX_CONTENT_CHARS = 100_000  # the seed's SendMessageRequest.content limit, the same on both surfaces
-WS_1008_POLICY_VIOLATION = 1008
-WS_1009_MESSAGE_TOO_BIG = 1009
 
 
 class TurnObserver(Protocol):
@@ -123,6 +122,10 @@ class StreamManager:
     @property
     def active_turns(self) -> int:
         return len(self._turns)
+
+    def is_running(self, turn_id: str) -> bool:
+        """Whether the turn runs in this process."""
+        return turn_id in self._turns
 
     async def handle_connection(self, websocket: WebSocket, session_id: str, owner: str) -> None:
         """Serve one socket until it closes. The caller has authenticated it and checked ownership."""
@@ -389,7 +392,7 @@ class _Connection:
         if key is not None and (not isinstance(key, str) or not 0 < len(key) <= 128 or "\x00" in key):
             await self._send(_error_frame("invalid_request", "idempotency_key must be 1 to 128 characters."))
             return
-        self._own_turns = [t for t in self._own_turns if t in self.manager._turns]
+        self._own_turns = [t for t in self._own_turns if self.manager.is_running(t)]
         if self._own_turns:
             # Fast local answer; the engine's lease enforces the same rule across sockets and replicas.
             busy = SessionBusy()
@@ -429,7 +432,7 @@ class _Connection:
     async def _on_cancel(self, payload: dict[str, Any]) -> None:
         turn_id = payload.get("turn_id")
         if not isinstance(turn_id, str) or not turn_id:
-            running = [t for t in self._own_turns if t in self.manager._turns]
+            running = [t for t in self._own_turns if self.manager.is_running(t)]
             turn_id = running[-1] if running else None
         if turn_id is None or await self.manager.event_log.session_of(turn_id) != self.session_id:
             await self._send(_error_frame("no_active_turn", "No turn of this session is running."))
