@@ -31,13 +31,15 @@ from bench.procs import Service, free_port
 from bench.provider import MODEL
 from bench.settings import Sizes
 
-__all__ = ["API", "Bench", "EngineHandle", "Sampler"]
+__all__ = ["ALT_RELAY_WS", "API", "RELAY_WS", "Bench", "EngineHandle", "Sampler"]
 
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 API = "/api/engine/chat"
 # The WebSocket implementation the engine's CLI serves with; the relay uses the same one.
 RELAY_WS = "websockets"
+# Also measured, for reference only: uvicorn's newer implementation (the legacy one is deprecated).
+ALT_RELAY_WS = "websockets-sansio"
 
 
 def _clean_env(**extra: str) -> dict[str, str]:
@@ -195,9 +197,10 @@ class Bench:
             database.drop()
 
     @contextlib.contextmanager
-    def relay(self) -> Iterator[Service]:
+    def relay(self, ws: str = RELAY_WS) -> Iterator[Service]:
+        """The bare relay, by default on the engine's WebSocket implementation."""
         service = Service(
-            "relay",
+            f"relay-{ws}",
             [
                 sys.executable,
                 "-m",
@@ -207,10 +210,10 @@ class Bench:
                 "--provider",
                 self.provider_v1,
                 "--ws",
-                RELAY_WS,
+                ws,
             ],
             port=0,
-            log_path=self.work_dir / "relay.log",
+            log_path=self.work_dir / f"relay-{ws}.log",
             cwd=REPO,
         )
         self.start_service(service)

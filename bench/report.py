@@ -189,9 +189,11 @@ def _throughput(results: dict[str, Any]) -> list[str]:
         {s for e in engines.values() for s in (pick(e, "sessions") or {})}, key=int
     )
     for sessions in sessions_list:
+        alt = pick(base, sessions, "relay_alt")
         for label, entry in (
             ("direct SSE", pick(base, sessions, "direct")),
             ("bare relay", pick(base, sessions, "relay")),
+            (f"bare relay, ws={alt['ws']} (reference)" if alt else "", alt),
         ):
             if entry:
                 rows.append(
@@ -200,7 +202,7 @@ def _throughput(results: dict[str, Any]) -> list[str]:
                         label,
                         _med(entry, "tokens_per_s", 0),
                         _med(entry, "streaming_tokens_per_s", 0),
-                        "100%" if label == "bare relay" else "",
+                        _vs_relay(entry, pick(base, sessions, "relay")) if label != "direct SSE" else "",
                         _med(entry, "bytes_per_token"),
                         _med(entry, "server_cpu_us_per_token"),
                         _med(entry, "provider_cpu_us_per_token"),
@@ -251,6 +253,12 @@ def _throughput(results: dict[str, Any]) -> list[str]:
         ],
         rows,
     )
+
+
+def _vs_relay(entry: Any, relay: Any) -> str:
+    rate = pick(entry, "summary", "tokens_per_s", "median")
+    ceiling = pick(relay, "summary", "tokens_per_s", "median")
+    return f"{rate / ceiling * 100:.0f}%" if rate and ceiling else "-"
 
 
 def _many(results: dict[str, Any]) -> list[str]:

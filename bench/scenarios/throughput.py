@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.harness import Bench, EngineHandle
+from bench.harness import ALT_RELAY_WS, RELAY_WS, Bench, EngineHandle
 from bench.procs import Service
 from bench.profiling import profile_extra_run
 from bench.stats import across_repeats
@@ -48,28 +48,31 @@ def measure(bench: Bench, job: dict[str, Any], server: Service | None) -> dict[s
 
 
 def baselines(bench: Bench) -> dict[str, Any]:
-    """Direct SSE and bare relay rates for each session count."""
+    """Direct SSE and bare relay rates for each session count.
+
+    `relay` runs on the engine's WebSocket implementation and is the ceiling the targets use;
+    `relay_alt` runs on uvicorn's other implementation, for reference.
+    """
     sizes = bench.sizes
     bench.configure_provider(tokens=sizes.stream_tokens)
-    out: dict[str, Any] = {}
-    with bench.relay() as relay:
-        relay_url = f"ws://127.0.0.1:{relay.port}/ws/relay"
-        for sessions in sizes.stream_sessions:
-            direct_reps, relay_reps = [], []
-            relay_job = bench.ws_job([relay_url] * sessions, warmup=1)
-            profile_extra_run(
-                bench, relay, f"stream-relay-{sessions}", lambda job=relay_job: bench.turns(job)
-            )
-            for _ in range(sizes.repeats):
-                direct_job = bench.sse_job(
-                    bench.provider_v1 + "/chat/completions", streams=sessions, warmup=1
-                )
-                direct_reps.append(measure(bench, direct_job, None))
-                relay_reps.append(measure(bench, relay_job, relay))
-            out[str(sessions)] = {
-                "direct": {"repeats": direct_reps, "summary": across_repeats(direct_reps)},
-                "relay": {"repeats": relay_reps, "summary": across_repeats(relay_reps)},
-            }
+    out: dict[str, Any] = {str(sessions): {} for sessions in sizes.stream_sessions}
+    for sessions in sizes.stream_sessions:
+        reps = []
+        for _ in range(sizes.repeats):
+            job = bench.sse_job(bench.provider_v1 + "/chat/completions", streams=sessions, warmup=1)
+            reps.append(measure(bench, job, None))
+        out[str(sessions)]["direct"] = {"repeats": reps, "summary": across_repeats(reps)}
+    variants = [("relay", RELAY_WS)] + ([("relay_alt", ALT_RELAY_WS)] if ALT_RELAY_WS != RELAY_WS else [])
+    for key, ws in variants:
+        with bench.relay(ws) as relay:
+            url = f"ws://127.0.0.1:{relay.port}/ws/relay"
+            for sessions in sizes.stream_sessions:
+                job = bench.ws_job([url] * sessions, warmup=1)
+                if key == "relay":
+                    name = f"stream-relay-{sessions}"
+                    profile_extra_run(bench, relay, name, lambda job=job: bench.turns(job))
+                reps = [measure(bench, job, relay) for _ in range(sizes.repeats)]
+                out[str(sessions)][key] = {"ws": ws, "repeats": reps, "summary": across_repeats(reps)}
     return out
 
 
