@@ -7,7 +7,8 @@ from typing import Any
 import httpx
 import orjson
 
-from aria_engine.testing.fake_llm import FakeLLM, HTTPError, Reply, Usage
+from aria_engine.config import ProviderTimeouts
+from aria_engine.testing.fake_llm import FakeLLM, HTTPError, Reply, Stall, Usage
 from tests.plugins.live_server import LiveServer
 
 CHAT = "/api/engine/chat"
@@ -311,3 +312,29 @@ async def test_nul_characters_are_refused_with_422_on_both_backends(live_server:
         searched = await http.get(f"{CHAT}/sessions", params={"q": "\u0000"})
     for response in (titled, tagged, sent, renamed, searched):
         _error(response, 422, "validation_error")
+
+
+async def test_a_provider_that_never_answers_is_504(
+    start_server: Any, api_config: Any, fake_llm: FakeLLM
+) -> None:
+    server = start_server(api_config(timeouts=ProviderTimeouts(first_token=0.5)))
+    fake_llm.enqueue(Stall(after=0, seconds=30))
+    async with server.client() as http:
+        session = await _create(http)
+        response = await http.post(f"{CHAT}/sessions/{session['id']}/messages", json={"content": "hi"})
+    _error(response, 504, "provider_timeout")
+
+
+async def test_an_open_circuit_is_503_with_retry_after(
+    start_server: Any, api_config: Any, fake_llm: FakeLLM
+) -> None:
+    server = start_server(api_config(breaker_failure_threshold=1, breaker_reset_seconds=600))
+    fake_llm.enqueue(HTTPError(503))
+    async with server.client() as http:
+        session = await _create(http)
+        url = f"{CHAT}/sessions/{session['id']}/messages"
+        failed = await http.post(url, json={"content": "hi"})
+        paused = await http.post(url, json={"content": "again"})
+    _error(failed, 502, "provider_unavailable")
+    _error(paused, 503, "circuit_open")
+    assert int(paused.headers["Retry-After"]) >= 1

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from deps import EngineDep, OwnedSessionDep, PrincipalDep
+from deps import EngineDep, OwnedSessionDep, PrincipalDep, get_owned_session
 from fastapi import APIRouter, Query, Request
 from fields import JsonObject, Text
 from pydantic import BaseModel, Field
@@ -150,8 +150,6 @@ async def create_ws_ticket(
     Bound to `session_id` when one is given (which must be the caller's)."""
     session_id = None
     if body is not None and body.session_id:
-        from deps import get_owned_session
-
         session_id = (await get_owned_session(body.session_id, engine, principal))["id"]
     tickets = request.app.state.tickets
     return TicketResponse(ticket=await tickets.issue(principal, session_id), expires_in=tickets.ttl)
