@@ -70,6 +70,7 @@
   const state = {
     apiKey: sessionStorage.getItem(KEY_STORAGE) || "",
     keyPrompt: null, // the pending "ask for a key" promise, shared by concurrent 401s
+    openToken: 0, // bumped by every openSession; stale responses are dropped
     models: new Map(), // id -> model from /api/engine/models, to label demo models everywhere
     page: 1,
     pages: 1,
@@ -494,10 +495,15 @@
     closeSocket();
     state.turn = null;
     state.pendingSend = null;
+    state.pendingBubble = null;
+    // Clicks can outrun the network: only the newest open may draw the page.
+    const token = ++state.openToken;
     let detail;
     try {
       detail = await api(`${API}/sessions/${encodeURIComponent(id)}`);
+      if (token !== state.openToken) return;
     } catch (err) {
+      if (token !== state.openToken) return;
       if (err instanceof ApiError && err.status === 404) {
         history.replaceState(null, "", location.pathname);
         state.session = null;
@@ -588,6 +594,10 @@
     try {
       url = await socketUrl(sessionId);
     } catch (err) {
+      if (err instanceof ApiError && err.status >= 400 && err.status < 500 && err.status !== 429) {
+        toast(err.message); // the session is gone or not ours: retrying cannot help
+        return;
+      }
       scheduleReconnect(sessionId);
       return;
     }
@@ -630,11 +640,7 @@
     clearInterval(state.pingTimer);
     updateComposer();
     if (state.wsSessionId !== sessionId) return;
-    if (e.code === CLOSE_POLICY || (e.code >= 4400 && e.code < 4500)) {
-      if (e.code === 4401 && state.apiKey) {
-        askForKey(true).then(() => connect(sessionId));
-        return;
-      }
+    if (e.code === CLOSE_POLICY) {
       toast("The server refused the chat connection" + (e.reason ? `: ${e.reason}` : "."));
       return;
     }
