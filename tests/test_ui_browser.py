@@ -455,6 +455,42 @@ def test_markup_in_messages_stays_inert_text(page: Any, live_server: Any, fake_l
     assert_inert(page)
 
 
+MARKDOWN = """# Plan
+Steps:
+
+1. Read [the docs](https://example.com/docs_(v2)).
+2. Run it:
+
+```python
+print("<b>hi</b>")
+```
+
+> A quote with *emphasis*.
+
+- one
+  - nested
+"""
+
+
+def test_answers_render_markdown(page: Any, live_server: Any, fake_llm: FakeLLM) -> None:
+    fake_llm.enqueue(Reply(MARKDOWN))
+    page.goto(live_server.base_url + "/")
+    new_session(page)
+    send(page, "plan please")
+    answer = wait_done(page)
+
+    assert answer.locator("h3").inner_text() == "Plan"
+    assert answer.locator("ol > li").count() == 2
+    link = answer.locator("ol a")
+    assert link.inner_text() == "the docs"
+    assert link.get_attribute("href") == "https://example.com/docs_(v2)"
+    assert link.get_attribute("rel") == "noopener noreferrer nofollow"
+    code = answer.locator("pre code.language-python")
+    assert code.inner_text() == 'print("<b>hi</b>")'
+    assert answer.locator("blockquote em").inner_text() == "emphasis"
+    assert answer.locator("ul ul li").inner_text() == "nested"
+
+
 def test_rename_end_reopen_and_delete_a_session(page: Any, live_server: Any) -> None:
     page.goto(live_server.base_url + "/")
     session_id = new_session(page)

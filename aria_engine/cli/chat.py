@@ -297,6 +297,8 @@ class ChatClient:
         # Turn events always carry a seq; an error without one answers a request (a refused message, a
         # resume of a turn the server no longer knows) and is not part of a turn's stream.
         if not event.get("turn_id") or not isinstance(seq, int):
+            if kind == "error" and event.get("code") == "no_active_turn":
+                return False  # a Ctrl-C that raced the end of the previous answer: nothing to stop
             if kind == "error":
                 self._end_line(turn)
                 self._problem(str(event.get("message") or event.get("code") or "message refused"))
