@@ -272,10 +272,12 @@ class RedisTurnEventLog(TurnEventLog):
                 maxlen=self.local.max_events,
                 approximate=True,
             )
-            ttl = int(self.ttl) if final else self._running_ttl
-            pipe.expire(key, ttl)
+            # Expiry is set when the stream is created and when the turn ends, not on every token.
             if final:
-                pipe.expire(self._meta_key(turn_id), ttl)
+                pipe.expire(key, int(self.ttl))
+                pipe.expire(self._meta_key(turn_id), int(self.ttl))
+            elif seq == 1:
+                pipe.expire(key, self._running_ttl)
             await pipe.execute()
 
     async def session_of(self, turn_id: str) -> str | None:
