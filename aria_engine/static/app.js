@@ -424,16 +424,22 @@
 
   // ── scrolling ──────────────────────────────────────────────────────────────────────────────────
 
+  // Follow the answer while the reader is at the bottom; stop following once they scroll up. Layout is
+  // read at most once per frame (on scroll, and when a frame's deltas are drawn), never per token.
+  let followBottom = true;
   let scrollPending = false;
   function stickToBottom() {
-    const m = ui.messages;
-    const near = m.scrollHeight - m.scrollTop - m.clientHeight < 120;
-    if (!near || scrollPending) return;
+    if (!followBottom || scrollPending) return;
     scrollPending = true;
     requestAnimationFrame(() => {
       scrollPending = false;
-      m.scrollTop = m.scrollHeight;
+      if (followBottom) ui.messages.scrollTop = ui.messages.scrollHeight;
     });
+  }
+
+  function onMessagesScroll() {
+    const m = ui.messages;
+    followBottom = m.scrollHeight - m.scrollTop - m.clientHeight < 120;
   }
 
   // ── the open session ───────────────────────────────────────────────────────────────────────────
@@ -523,6 +529,7 @@
     state.firstSeq = rows.length ? rows[0].seq : null;
     ui.loadEarlier.hidden = !(detail.has_more && state.firstSeq > 1);
     renderHeader();
+    followBottom = true;
     ui.messages.scrollTop = ui.messages.scrollHeight;
 
     // A turn still running (this tab reloaded mid-stream, or another client's turn): rebuild it from the
@@ -783,6 +790,7 @@
     state.pendingSend = frame;
     state.pendingBubble = ui.messageList.appendChild(userBubble({ content }));
     ui.input.value = "";
+    followBottom = true;
     ui.messages.scrollTop = ui.messages.scrollHeight;
     updateComposer();
   }
@@ -919,6 +927,7 @@
     });
 
     ui.loadEarlier.addEventListener("click", loadEarlier);
+    ui.messages.addEventListener("scroll", onMessagesScroll, { passive: true });
     ui.rename.addEventListener("click", () => {
       if (!state.session) return;
       ui.renameInput.value = state.session.title || "";
