@@ -7,11 +7,12 @@ from collections.abc import Callable
 
 import pytest
 from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from aria_engine.config import EngineConfig
 from aria_engine.testing.fake_llm import FakeLLM, Reply, Stall, Usage
 from tests.conftest import run_admin_sql
-from tests.plugins.live_server import LiveServer, read_turn, read_until, send_json, serve
+from tests.plugins.live_server import LiveServer, assert_totals_match, read_turn, read_until, send_json, serve
 
 CHAT = "/api/engine/chat"
 
@@ -120,7 +121,7 @@ async def test_the_web_ui_is_served_at_the_root_without_shadowing_the_api(live_s
 
 
 async def test_shutdown_ends_a_running_turn_as_interrupted(
-    api_config: Callable[..., EngineConfig], fake_llm: FakeLLM
+    api_config: Callable[..., EngineConfig], fake_llm: FakeLLM, db_factory: async_sessionmaker[AsyncSession]
 ) -> None:
     fake_llm.enqueue(Stall(after=2, seconds=60, reply=Reply("never finished")))
     config = api_config(keep_turn_on_disconnect=True)
@@ -138,3 +139,4 @@ async def test_shutdown_ends_a_running_turn_as_interrupted(
     assert messages[-1]["finish_reason"] == "interrupted"
     assert messages[-1]["content"] == "never finished"[: len(messages[-1]["content"])]
     assert session["message_count"] == 2
+    await assert_totals_match(db_factory, session_id)

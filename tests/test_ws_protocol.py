@@ -6,10 +6,20 @@ import asyncio
 from typing import Any
 
 import pytest
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from websockets.exceptions import ConnectionClosed
 
 from aria_engine.testing.fake_llm import FakeLLM, Reply, Stall, ToolCall
-from tests.plugins.live_server import LiveServer, read_turn, read_until, recv_json, send_json
+from tests.plugins.live_server import (
+    LiveServer,
+    assert_totals_match,
+    read_turn,
+    read_until,
+    recv_json,
+    send_json,
+)
+
+Factory = async_sessionmaker[AsyncSession]
 
 
 async def _session(server: LiveServer, **body: Any) -> str:
@@ -86,7 +96,7 @@ async def test_thinking_and_tool_events_arrive_in_order(live_server: LiveServer,
 
 
 async def test_ping_mid_turn_gets_a_pong_and_cancel_ends_the_turn_cancelled(
-    live_server: LiveServer, fake_llm: FakeLLM
+    live_server: LiveServer, fake_llm: FakeLLM, db_factory: Factory
 ) -> None:
     fake_llm.enqueue(Stall(after=2, seconds=60, reply=Reply("one two three four five")))
     session_id = await _session(live_server)
@@ -104,10 +114,11 @@ async def test_ping_mid_turn_gets_a_pong_and_cancel_ends_the_turn_cancelled(
     assert assistant["role"] == "assistant"
     assert assistant["finish_reason"] == "cancelled"
     assert assistant["content"] == "".join(e["content"] for e in events if e["type"] == "token")
+    await assert_totals_match(db_factory, session_id)
 
 
 async def test_a_second_message_while_a_turn_runs_gets_session_busy(
-    live_server: LiveServer, fake_llm: FakeLLM
+    live_server: LiveServer, fake_llm: FakeLLM, db_factory: Factory
 ) -> None:
     fake_llm.enqueue(Stall(after=1, seconds=60, reply=Reply("slow answer here")))
     session_id = await _session(live_server)
@@ -129,6 +140,7 @@ async def test_a_second_message_while_a_turn_runs_gets_session_busy(
     assert rest.status_code == 409
     assert rest.json()["error"]["code"] == "session_busy"
     _assert_one_turn(events)
+    await assert_totals_match(db_factory, session_id)
 
 
 async def test_bad_json_and_unknown_types_get_error_events_and_the_socket_stays_open(
@@ -162,7 +174,7 @@ async def test_a_frame_over_the_size_limit_closes_with_1009(start_server: Any, a
 
 
 async def test_disconnect_mid_turn_cancels_it_and_persists_the_partial_as_disconnected(
-    live_server: LiveServer, fake_llm: FakeLLM
+    live_server: LiveServer, fake_llm: FakeLLM, db_factory: Factory
 ) -> None:
     fake_llm.enqueue(Stall(after=2, seconds=60, reply=Reply("alpha beta gamma delta")))
     session_id = await _session(live_server)
@@ -177,6 +189,7 @@ async def test_disconnect_mid_turn_cancels_it_and_persists_the_partial_as_discon
     async with live_server.client() as http:
         session = (await http.get(f"/api/engine/chat/sessions/{session_id}")).json()
     assert session["message_count"] == 2
+    await assert_totals_match(db_factory, session_id)
 
 
 async def _wait_for_assistant(server: LiveServer, session_id: str) -> dict[str, Any]:

@@ -22,6 +22,7 @@ import socket
 import sys
 import threading
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,16 +32,18 @@ import httpx
 import orjson
 import pytest
 import uvicorn
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from websockets.asyncio.client import ClientConnection, connect
 
 from aria_engine.config import REPO_ROOT, EngineConfig
+from aria_engine.db.store import verify_totals
 from aria_engine.testing.fake_llm import FakeLLM, write_fake_catalog
 
 API_DIR = REPO_ROOT / "src" / "api"
 if str(API_DIR) not in sys.path:
     sys.path.insert(0, str(API_DIR))  # the app dir, as the seed lays it out (`from routers... import`)
 
-__all__ = ["LiveServer", "read_turn", "read_until", "recv_json", "send_json", "serve"]
+__all__ = ["LiveServer", "assert_totals_match", "read_turn", "read_until", "recv_json", "send_json", "serve"]
 
 _STARTUP_SECONDS = 60.0
 
@@ -75,6 +78,12 @@ async def read_until(
 
 async def send_json(ws: ClientConnection, payload: dict[str, Any]) -> None:
     await ws.send(orjson.dumps(payload).decode())
+
+
+async def assert_totals_match(db_factory: async_sessionmaker[AsyncSession], session_id: str) -> None:
+    """The invariant after any fault: session counters equal the sums over its messages."""
+    async with db_factory() as db:
+        assert await verify_totals(db, uuid.UUID(session_id)) == {}
 
 
 @dataclass
