@@ -220,3 +220,22 @@ async def test_a_message_to_an_ended_session_gets_session_ended(live_server: Liv
         await send_json(ws, {"type": "message", "content": "hello?"})
         error = await recv_json(ws)
     assert (error["type"], error["code"]) == ("error", "session_ended")
+
+
+async def test_a_repeated_idempotency_key_replays_the_turn_without_a_new_llm_call(
+    live_server: LiveServer, fake_llm: FakeLLM
+) -> None:
+    fake_llm.enqueue(Reply("Said once."))
+    session_id = await _session(live_server)
+    message = {"type": "message", "content": "hi", "idempotency_key": "retry-1"}
+    async with live_server.websocket(session_id) as ws:
+        await send_json(ws, message)
+        first = await read_turn(ws)
+    async with live_server.websocket(session_id) as ws:
+        await send_json(ws, message)
+        again = await read_turn(ws)
+    _assert_one_turn(again)
+    assert again[-1]["message_id"] == first[-1]["message_id"]
+    assert "".join(e["content"] for e in again if e["type"] == "token") == "Said once."
+    assert len(fake_llm.requests) == 1
+    assert len(await _messages(live_server, session_id)) == 2
