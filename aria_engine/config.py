@@ -108,6 +108,8 @@ class EngineConfig(BaseSettings):
     ws_max_frame_bytes: int = Field(default=256 * 1024, ge=1024)
     ws_ping_interval: float = Field(default=20.0, gt=0)
     keep_turn_on_disconnect: bool = False
+    # A dropped socket's turn keeps running this long, so a reload or a network blip can `resume` it.
+    disconnect_grace_seconds: float = Field(default=10.0, ge=0)
     turn_event_ttl: float = Field(default=300.0, gt=0)  # how long a finished turn can still be resumed
 
     # -- limits ------------------------------------------------------------------------------------

@@ -14,8 +14,9 @@ How it fits together:
 - The socket's reader keeps reading while a turn streams, so `cancel` and `ping` work mid-turn.
 - Every `start` is closed by exactly one `done`: when a turn task is cancelled, the engine leaves the
   closing `DoneEvent` in `TurnControl.final_event` and the task appends it.
-- A disconnect cancels the socket's running turn with reason `disconnected`, unless
-  `config.keep_turn_on_disconnect` keeps it running for a later `resume`.
+- A disconnect cancels the socket's running turn with reason `disconnected` when no socket resumes it
+  within `config.disconnect_grace_seconds` (0: at once); `config.keep_turn_on_disconnect` keeps it
+  running regardless, for a later `resume` (also from another replica).
 - Frames larger than `config.ws_max_frame_bytes` close the socket with 1009; bad JSON or an unknown type
   gets an `error` event and the socket stays open.
 
@@ -111,6 +112,7 @@ class StreamManager:
         self.limiter = limiter
         self.observer = observer
         self._turns: dict[str, _RunningTurn] = {}
+        self._followers: dict[str, int] = {}  # turn_id -> sockets following it; entries leave at zero
         self._connections = 0
         self._closing = False
 
@@ -182,6 +184,25 @@ class StreamManager:
         turn.task.cancel()
         return True
 
+    def cancel_if_abandoned(self, turn_id: str, grace: float) -> None:
+        """After a disconnect: cancel the turn (`disconnected`) unless a socket follows it within `grace`.
+
+        The grace period lets a reload or a network blip `resume` the answer, while a closed tab stops
+        spending tokens a few seconds later.
+        """
+        if grace <= 0:
+            self.cancel(turn_id, FinishReason.DISCONNECTED)
+            return
+        asyncio.get_running_loop().call_later(grace, self._cancel_unfollowed, turn_id)
+
+    def _cancel_unfollowed(self, turn_id: str) -> None:
+        if not self._followers.get(turn_id):
+            self.cancel(turn_id, FinishReason.DISCONNECTED)
+
+    def following(self, turn_id: str) -> contextlib.AbstractContextManager[None]:
+        """Count a socket as following `turn_id` while the block runs (see `cancel_if_abandoned`)."""
+        return _Following(self._followers, turn_id)
+
     async def request_cancel(self, turn_id: str, reason: str = FinishReason.CANCELLED) -> None:
         """Cancel a turn wherever it runs (another replica gets the signal through the event log)."""
         if not self.cancel(turn_id, reason):
@@ -236,6 +257,10 @@ class StreamManager:
             async for event in events:
                 await self._append(run, event, owner)
         except asyncio.CancelledError:
+            # Close the turn first, so the engine persists the partial and leaves its own `done` (with
+            # the message id and usage) in `control` even when the cancel landed out here, in an append.
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(events.aclose())  # type: ignore[attr-defined]
             await self._close_cancelled(run, control, owner)
         except Exception:
             logger.exception("turn %s failed after start", run.turn_id)
@@ -293,6 +318,26 @@ def _internal(exc: BaseException) -> EngineError:
     return error
 
 
+class _Following:
+    """Counts one follower of a turn for the duration of a `with` block; the dict stays bounded."""
+
+    __slots__ = ("_counts", "_turn_id")
+
+    def __init__(self, counts: dict[str, int], turn_id: str) -> None:
+        self._counts = counts
+        self._turn_id = turn_id
+
+    def __enter__(self) -> None:
+        self._counts[self._turn_id] = self._counts.get(self._turn_id, 0) + 1
+
+    def __exit__(self, *exc_info: object) -> None:
+        remaining = self._counts[self._turn_id] - 1
+        if remaining:
+            self._counts[self._turn_id] = remaining
+        else:
+            del self._counts[self._turn_id]
+
+
 class _Connection:
     """One socket: a reader loop plus one forwarder task per turn it is following."""
 
@@ -317,7 +362,7 @@ class _Connection:
             await asyncio.gather(*self._forwarders.values(), return_exceptions=True)
             if not self.config.keep_turn_on_disconnect:
                 for turn_id in self._own_turns:
-                    self.manager.cancel(turn_id, FinishReason.DISCONNECTED)
+                    self.manager.cancel_if_abandoned(turn_id, self.config.disconnect_grace_seconds)
 
     async def _read_loop(self) -> None:
         handlers = {
@@ -468,9 +513,10 @@ class _Connection:
 
     async def _forward(self, turn_id: str, after_seq: int) -> None:
         try:
-            async for event in self.manager.event_log.follow(turn_id, after_seq):
-                if not await self._send(event.data):
-                    return
+            with self.manager.following(turn_id):
+                async for event in self.manager.event_log.follow(turn_id, after_seq):
+                    if not await self._send(event.data):
+                        return
         except TurnNotFound as exc:
             await self._send(_error_frame(exc.code, exc.message, turn_id))
         except Exception:

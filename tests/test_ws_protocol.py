@@ -114,6 +114,9 @@ async def test_ping_mid_turn_gets_a_pong_and_cancel_ends_the_turn_cancelled(
     assert assistant["role"] == "assistant"
     assert assistant["finish_reason"] == "cancelled"
     assert assistant["content"] == "".join(e["content"] for e in events if e["type"] == "token")
+    # The closing `done` is the engine's own: it names the persisted row and counts what streamed.
+    assert events[-1]["message_id"] == assistant["id"]
+    assert events[-1]["output_tokens"] == assistant["output_tokens"] > 0
     await assert_totals_match(db_factory, session_id)
 
 

@@ -141,3 +141,35 @@ async def test_cancel_sent_to_another_replica_stops_the_turn(
     assert rest[-1]["finish_reason"] == "cancelled"
     assert [e["seq"] for e in first + rest] == list(range(1, len(first + rest) + 1))
     assert await asyncio.to_thread(fake_llm.wait_for_disconnects, 1)
+
+
+async def test_by_default_a_dropped_turn_waits_for_a_resume_within_the_grace_period(
+    start_server: Callable[[EngineConfig], LiveServer],
+    api_config: Callable[..., EngineConfig],
+    fake_llm: FakeLLM,
+) -> None:
+    server = start_server(api_config(disconnect_grace_seconds=30))  # keep_turn_on_disconnect stays off
+    fake_llm.enqueue(Reply(WORDS, delay=0.02))
+    session_id = await _session(server)
+    first = await _start_then_drop(server, session_id, upto_seq=4)
+    rest = await _resume(server, session_id, first[0]["turn_id"], after_seq=4)
+    await _assert_resumed_exactly_once(first, rest, server, session_id)
+
+
+async def test_a_dropped_turn_nobody_resumes_stops_as_disconnected_after_the_grace_period(
+    start_server: Callable[[EngineConfig], LiveServer],
+    api_config: Callable[..., EngineConfig],
+    fake_llm: FakeLLM,
+) -> None:
+    server = start_server(api_config(disconnect_grace_seconds=0.5))
+    fake_llm.enqueue(Stall(after=2, seconds=60, reply=Reply("alpha beta gamma delta")))
+    session_id = await _session(server)
+    await _start_then_drop(server, session_id, upto_seq=3)
+    assert await asyncio.to_thread(fake_llm.wait_for_disconnects, 1)
+    async with server.client() as http:
+        for _ in range(300):
+            items = (await http.get(f"/api/engine/chat/sessions/{session_id}/messages")).json()["items"]
+            if items[-1]["role"] == "assistant":
+                break
+            await asyncio.sleep(0.05)
+    assert (items[-1]["finish_reason"], items[-1]["content"]) == ("disconnected", "alpha beta")

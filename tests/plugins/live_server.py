@@ -154,6 +154,8 @@ def api_config(database_url: str, fake_llm: FakeLLM, tmp_path: Path) -> Callable
             "auto_migrate": False,  # the fixtures migrate once per run
             "default_model": "fake-model",
             "llm_max_retries": 0,
+            # Tests of a dropped socket say explicitly when they want the resume grace period.
+            "disconnect_grace_seconds": 0,
         }
         values.update(overrides)
         return EngineConfig(**values)
