@@ -48,10 +48,12 @@ def serve(host: str | None, port: int | None, allow_anonymous: bool) -> None:
 
     config = load_config(host=host, port=port, allow_anonymous=allow_anonymous or None)
     sys.path.insert(0, str(REPO_ROOT / "src" / "api"))
-    from main import create_app  # the FastAPI app dir, as the seed lays it out
+    from main import create_app, uvicorn_options  # the FastAPI app dir, as the seed lays it out
 
     app = create_app(config)
-    uvicorn.run(app, host=config.host, port=config.port, log_level=config.log_level.lower(), ws="websockets")
+    uvicorn.run(
+        app, host=config.host, port=config.port, log_level=config.log_level.lower(), **uvicorn_options(config)
+    )
 
 
 @click.command()

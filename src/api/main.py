@@ -124,6 +124,7 @@ async def _build(app: FastAPI, config: EngineConfig, stack: AsyncExitStack) -> N
     prompts = PromptAssembler(config)
     context = ContextManager(config, gateway.count_tokens)
     engine = ChatEngine(config, db_factory, gateway, tools=tools, context=context, prompts=prompts)
+    stack.push_async_callback(engine.aclose)  # background title generation stops before the gateway
     recovered = await engine.recover_interrupted()
     if recovered:
         logger.warning("marked %d unfinished turn(s) interrupted", recovered)
