@@ -36,10 +36,21 @@ __all__ = ["ALT_RELAY_WS", "API", "RELAY_WS", "Bench", "EngineHandle", "Sampler"
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 API = "/api/engine/chat"
-# The WebSocket implementation the engine's CLI serves with; the relay uses the same one.
-RELAY_WS = "websockets"
-# Also measured, for reference only: uvicorn's newer implementation (the legacy one is deprecated).
-ALT_RELAY_WS = "websockets-sansio"
+
+
+def _engine_ws_implementation() -> str:
+    """The uvicorn WebSocket implementation `aria-engine serve` uses (from the app's own options)."""
+    sys.path.insert(0, str(REPO / "src" / "api"))
+    from main import uvicorn_options  # the FastAPI app dir, as `aria-engine serve` loads it
+
+    from aria_engine.config import EngineConfig
+
+    return str(uvicorn_options(EngineConfig(_env_file=None))["ws"])  # type: ignore[call-arg]
+
+
+# The relay serves with the engine's WebSocket implementation; the other one is measured for reference.
+RELAY_WS = _engine_ws_implementation()
+ALT_RELAY_WS = "websockets" if RELAY_WS != "websockets" else "websockets-sansio"
 
 
 def _clean_env(**extra: str) -> dict[str, str]:

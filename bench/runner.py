@@ -83,7 +83,7 @@ def run_benchmark(options: RunOptions) -> Path:
         "notes": list(options.notes),
         "sizes": options.sizes.as_dict(),
         "servers": {
-            "engine": "aria-engine serve (uvicorn, one worker, its default WebSocket implementation)",
+            "engine": f"aria-engine serve (uvicorn, one worker, ws={RELAY_WS!r} via uvicorn_options)",
             "relay": f"bench/relay.py (Starlette under uvicorn, ws={RELAY_WS!r})",
             "provider": "bench/provider.py (raw ASGI under uvicorn, httptools)",
         },
