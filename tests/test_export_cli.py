@@ -94,7 +94,7 @@ def test_export_then_import_round_trips_through_files(
     assert result.output.startswith("imported 7 messages into session ")
     new_id = result.output.split()[5]
     session, rows = with_db(database_url, lambda f: load(f, new_id))
-    assert (session.owner, session.agent_id, len(rows)) == ("anonymous", "copy", 7)
+    assert (session.owner, session.agent_id, len(rows)) == ("local", "copy", 7)
 
 
 def test_import_refuses_an_unsafe_agent_id(runner: CliRunner, database_url: str, tmp_path: Path) -> None:
