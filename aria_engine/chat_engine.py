@@ -36,6 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from aria_engine.db import store
 from aria_engine.db.models import ChatMessage, ChatSession, utcnow
 from aria_engine.db.store import MessageCounters
+from aria_engine.db.types import format_money
 from aria_engine.events import (
     DoneEvent,
     ErrorEvent,
@@ -523,7 +524,9 @@ class ChatEngine(SessionManager):
         input_tokens = turn.input_tokens + (pending.input_tokens if pending else 0)
         output_tokens = turn.output_tokens + (pending.output_tokens if pending else 0)
         cost = turn.cost + (pending.cost if pending else Decimal(0))
-        return UsageEvent(turn.control.turn_id, turn.next_seq(), input_tokens, output_tokens, _money(cost))
+        return UsageEvent(
+            turn.control.turn_id, turn.next_seq(), input_tokens, output_tokens, format_money(cost)
+        )
 
     def _call_counters(self, call: _Call) -> MessageCounters:
         """Exact usage when the provider reported it; otherwise an offline count of what was sent and got.
@@ -596,7 +599,7 @@ class ChatEngine(SessionManager):
             output_tokens=turn.output_tokens,
             reasoning_tokens=turn.reasoning_tokens,
             total_tokens=turn.input_tokens + turn.output_tokens,
-            cost=_money(turn.cost),
+            cost=format_money(turn.cost),
             latency_ms=row.latency_ms or 0,
             ttft_ms=turn.ttft_ms,
         )
@@ -652,7 +655,7 @@ class ChatEngine(SessionManager):
             "model": completion.model_id,
             "input_tokens": completion.usage.input_tokens,
             "output_tokens": completion.usage.output_tokens,
-            "cost": _money(completion.cost),
+            "cost": format_money(completion.cost),
         }
         async with self._db_factory.begin() as db:
             row = await db.get(ChatSession, sid)
@@ -809,7 +812,7 @@ def _replay_events(sid: uuid.UUID, user_row: ChatMessage, rows: list[ChatMessage
                     turn_id, next_seq(), row.tool_call_id or "", row.tool_name or "", row.content, success
                 )
             )
-    events.append(UsageEvent(turn_id, next_seq(), totals[0], totals[1], _money(totals[3])))
+    events.append(UsageEvent(turn_id, next_seq(), totals[0], totals[1], format_money(totals[3])))
     events.append(
         DoneEvent(
             turn_id,
@@ -821,7 +824,7 @@ def _replay_events(sid: uuid.UUID, user_row: ChatMessage, rows: list[ChatMessage
             output_tokens=totals[1],
             reasoning_tokens=totals[2],
             total_tokens=totals[0] + totals[1],
-            cost=_money(totals[3]),
+            cost=format_money(totals[3]),
             latency_ms=final.latency_ms or 0,
             ttft_ms=final.ttft_ms,
         )
@@ -842,9 +845,3 @@ def _check_content(content: str) -> None:
         raise ValidationError("Message content must not be empty.")
     if len(content) > MAX_MESSAGE_CHARS:
         raise PayloadTooLarge(f"Message content is longer than {MAX_MESSAGE_CHARS} characters.")
-
-
-def _money(value: Decimal) -> str:
-    from aria_engine.db.types import to_money
-
-    return format(to_money(value).normalize(), "f") if value else "0"

@@ -40,7 +40,9 @@ from sqlalchemy import select
 
 from aria_engine import __version__
 from aria_engine.db.models import ChatMessage, ChatSession
+from aria_engine.db.types import format_money
 from aria_engine.exceptions import SessionNotFound, ValidationError
+from aria_engine.ids import parse_session_id, validate_agent_id
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
@@ -72,8 +74,6 @@ OPENCLAW_PROVIDER = "aria-engine"
 OPENCLAW_SYSTEM_TYPE = "aria-engine.system"  # customType of system rows in an OpenClaw export
 MAX_OPENAI_TOOLS = 128
 
-_AGENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
-_CANONICAL_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _OPENCLAW_STOP = {
     "stop": "stop",
     "length": "length",
@@ -114,27 +114,6 @@ _MESSAGE_COLUMNS = [_TABLE["metadata" if name == "metadata_" else name] for name
 
 
 # -- ids and paths ---------------------------------------------------------------------------------------
-
-
-def parse_session_id(value: str | uuid.UUID) -> uuid.UUID:
-    """Accept only the canonical 8-4-4-4-12 form: no `urn:uuid:`, braces, bare hex or path tricks.
-
-    A malformed id cannot name a session, so it is a `SessionNotFound` like any unknown id.
-    """
-    if isinstance(value, uuid.UUID):
-        return value
-    if not isinstance(value, str) or not _CANONICAL_UUID.fullmatch(value):
-        raise SessionNotFound()
-    return uuid.UUID(value)
-
-
-def validate_agent_id(agent_id: str) -> str:
-    """An agent id becomes a directory name, so it must be a short safe slug."""
-    if not isinstance(agent_id, str) or not _AGENT_ID.fullmatch(agent_id):
-        raise ValidationError(
-            "agent_id must be 1-64 letters, digits, '_' or '-', starting with a letter or digit."
-        )
-    return agent_id
 
 
 def export_path(exports_dir: Path, agent_id: str, session_id: uuid.UUID, fmt: str) -> Path:
@@ -305,13 +284,6 @@ def _millis(value: datetime | None) -> int:
     return int(value.timestamp() * 1000) if value else 0
 
 
-def _money(value: Decimal | None) -> str:
-    """An exact decimal string ("0.0015"), never a float."""
-    if not value:
-        return "0"
-    return format(value.normalize(), "f")
-
-
 def _dumps(value: Any) -> bytes:
     return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS) + b"\n"
 
@@ -388,7 +360,7 @@ class _JsonlWriter(_Writer):
                 "_input_tokens": s.input_tokens,
                 "_output_tokens": s.output_tokens,
                 "_reasoning_tokens": s.reasoning_tokens,
-                "_total_cost": _money(s.total_cost),
+                "_total_cost": format_money(s.total_cost),
                 "_metadata": s.metadata_,
                 "_created_at": _iso(s.created_at),
                 "_updated_at": _iso(s.updated_at),
@@ -413,7 +385,7 @@ class _JsonlWriter(_Writer):
                 "output": row.output_tokens,
                 "reasoning": row.reasoning_tokens,
             },
-            "cost": _money(row.cost),
+            "cost": format_money(row.cost),
             "latency_ms": row.latency_ms,
             "ttft_ms": row.ttft_ms,
             "finish_reason": row.finish_reason,
@@ -478,7 +450,7 @@ class _MarkdownWriter(_Writer):
         usage = f"tokens in {row.input_tokens} · out {row.output_tokens}"
         if row.reasoning_tokens:
             usage += f" · reasoning {row.reasoning_tokens}"
-        usage += f" · cost ${_money(row.cost)}"
+        usage += f" · cost ${format_money(row.cost)}"
         if row.model:
             usage += f" · {_escape(row.model)}"
         if row.finish_reason:
@@ -492,7 +464,7 @@ class _MarkdownWriter(_Writer):
             "---\n\n"
             f"**Totals:** {s.message_count} messages · {s.total_tokens} tokens "
             f"(input {s.input_tokens}, output {s.output_tokens}, reasoning {s.reasoning_tokens}) · "
-            f"cost ${_money(s.total_cost)}\n"
+            f"cost ${format_money(s.total_cost)}\n"
         ).encode()
 
 

@@ -25,12 +25,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import re
 import stat
 from collections import OrderedDict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from aria_engine.ids import is_safe_agent_id
 
 if TYPE_CHECKING:
     from aria_engine.config import EngineConfig
@@ -45,17 +46,8 @@ DEFAULT_INSTRUCTIONS = (
 )
 MAX_PROMPT_FILE_BYTES = 256 * 1024
 _CACHE_SIZE = 256
-_AGENT_ID = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$", re.IGNORECASE)
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _NONBLOCK = getattr(os, "O_NONBLOCK", 0)
-
-
-def is_safe_agent_id(agent_id: str) -> bool:
-    """True for a slug: a letter or digit, then up to 63 of letters, digits, `_`, `-` (any case).
-
-    Such a name can be used as a file name inside a directory: it has no separator, no dot, no `..`.
-    """
-    return isinstance(agent_id, str) and _AGENT_ID.fullmatch(agent_id) is not None
 
 
 class _LRU:

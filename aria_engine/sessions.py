@@ -16,8 +16,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 from aria_engine.db import store
 from aria_engine.db.models import ChatMessage, ChatSession, utcnow
-from aria_engine.exceptions import SessionBusy, SessionNotFound, ValidationError
-from aria_engine.prompts import is_safe_agent_id
+from aria_engine.exceptions import SessionBusy, SessionNotFound
+from aria_engine.ids import parse_session_id as parse_id
+from aria_engine.ids import validate_agent_id
 
 if TYPE_CHECKING:
     from aria_engine.config import EngineConfig
@@ -56,10 +57,7 @@ class SessionManager:
         metadata: dict[str, Any] | None = None,
         title: str | None = None,
     ) -> dict[str, Any]:
-        if not is_safe_agent_id(agent_id):
-            raise ValidationError(
-                "agent_id must be 1-64 letters, digits, '-' or '_', starting with a letter or digit."
-            )
+        validate_agent_id(agent_id)
         info = self.gateway.resolve(model or self.gateway.default_model)
         row = ChatSession(
             id=uuid.uuid4(),
@@ -224,15 +222,6 @@ async def load_session(db: AsyncSession, session_id: str | uuid.UUID, owner: str
     if row is None:
         raise SessionNotFound()
     return row
-
-
-def parse_id(session_id: str | uuid.UUID) -> uuid.UUID:
-    if isinstance(session_id, uuid.UUID):
-        return session_id
-    try:
-        return uuid.UUID(str(session_id))
-    except ValueError:
-        raise SessionNotFound() from None
 
 
 def clean_title(text_: str) -> str:

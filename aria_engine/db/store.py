@@ -23,7 +23,7 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from aria_engine.db.models import ChatMessage, ChatSession, utcnow
-from aria_engine.db.types import to_money
+from aria_engine.db.types import format_money, to_money
 
 __all__ = [
     "MessageCounters",
@@ -195,7 +195,7 @@ def session_to_dict(row: ChatSession) -> dict[str, Any]:
         "input_tokens": row.input_tokens,
         "output_tokens": row.output_tokens,
         "reasoning_tokens": row.reasoning_tokens,
-        "total_cost": _money_str(row.total_cost),
+        "total_cost": format_money(row.total_cost),
         "metadata": row.metadata_,
         "created_at": _iso(row.created_at),
         "updated_at": _iso(row.updated_at),
@@ -220,14 +220,10 @@ def message_to_dict(row: ChatMessage) -> dict[str, Any]:
         "input_tokens": row.input_tokens,
         "output_tokens": row.output_tokens,
         "reasoning_tokens": row.reasoning_tokens,
-        "cost": _money_str(row.cost),
+        "cost": format_money(row.cost),
         "latency_ms": row.latency_ms,
         "ttft_ms": row.ttft_ms,
         "finish_reason": row.finish_reason,
         "metadata": row.metadata_,
         "created_at": _iso(row.created_at),
     }
-
-
-def _money_str(value: Decimal | None) -> str:
-    return format(to_money(value).normalize(), "f") if value else "0"

@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import BigInteger, Dialect
 from sqlalchemy.types import TypeDecorator
 
-__all__ = ["MONEY_QUANTUM", "Money", "to_money"]
+__all__ = ["MONEY_QUANTUM", "Money", "format_money", "to_money"]
 
 MONEY_QUANTUM = Decimal("1e-12")
 _SCALE = 10**12
@@ -24,6 +24,13 @@ def to_money(value: Decimal | int | float | str | None) -> Decimal:
     if value is None:
         return Decimal(0).quantize(MONEY_QUANTUM)
     return Decimal(str(value)).quantize(MONEY_QUANTUM, rounding=ROUND_HALF_EVEN)
+
+
+def format_money(value: Decimal | None) -> str:
+    """An exact decimal string for the wire ("0.0015", "0"), never a float or an exponent."""
+    if not value:
+        return "0"
+    return format(to_money(value).normalize(), "f")
 
 
 class Money(TypeDecorator[Decimal]):

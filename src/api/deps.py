@@ -13,7 +13,6 @@ from module globals, so each app (and each test) has its own engine and database
 
 from __future__ import annotations
 
-import uuid
 from typing import TYPE_CHECKING, Annotated, Any
 from urllib.parse import urlsplit
 
@@ -22,7 +21,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from aria_engine.chat_engine import ChatEngine
 from aria_engine.config import EngineConfig
-from aria_engine.exceptions import AuthError, EngineUnavailable, Forbidden, SessionNotFound
+from aria_engine.exceptions import AuthError, EngineUnavailable, Forbidden
+from aria_engine.ids import parse_session_id
 
 if TYPE_CHECKING:
     from starlette.requests import HTTPConnection
@@ -74,14 +74,6 @@ async def get_principal(
 EngineDep = Annotated[ChatEngine, Depends(get_engine)]
 ConfigDep = Annotated[EngineConfig, Depends(get_config)]
 PrincipalDep = Annotated[str, Depends(get_principal)]
-
-
-def parse_session_id(session_id: str) -> str:
-    """A canonical session id; anything that is not a UUID is simply a session that does not exist."""
-    try:
-        return str(uuid.UUID(session_id))
-    except ValueError:
-        raise SessionNotFound() from None
 
 
 async def get_owned_session(session_id: str, engine: EngineDep, principal: PrincipalDep) -> dict[str, Any]:
