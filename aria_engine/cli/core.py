@@ -9,6 +9,7 @@ from pydantic import ValidationError
 
 from aria_engine import __version__
 from aria_engine.config import REPO_ROOT, EngineConfig
+from aria_engine.structured_logs import configure_logging
 
 __all__ = ["load_config", "migrate", "serve", "version"]
 
@@ -50,9 +51,15 @@ def serve(host: str | None, port: int | None, allow_anonymous: bool) -> None:
     sys.path.insert(0, str(REPO_ROOT / "src" / "api"))
     from main import create_app, uvicorn_options  # the FastAPI app dir, as the seed lays it out
 
+    configure_logging(config.log_level)
     app = create_app(config)
     uvicorn.run(
-        app, host=config.host, port=config.port, log_level=config.log_level.lower(), **uvicorn_options(config)
+        app,
+        host=config.host,
+        port=config.port,
+        log_config=None,  # keep the structured JSON logging configured above
+        log_level=config.log_level.lower(),
+        **uvicorn_options(config),
     )
 
 
