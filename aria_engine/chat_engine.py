@@ -589,6 +589,7 @@ class ChatEngine(SessionManager):
         turn.add_usage(counters)
         turn.call = None
         turn.pending_tool_calls = []
+        self._log_finished(turn, row, str(reason))
         return DoneEvent(
             turn.control.turn_id,
             turn.next_seq(),
@@ -603,6 +604,22 @@ class ChatEngine(SessionManager):
             latency_ms=row.latency_ms or 0,
             ttft_ms=turn.ttft_ms,
         )
+
+    def _log_finished(self, turn: _Turn, row: ChatMessage, reason: str) -> None:
+        fields: dict[str, Any] = {
+            "turn_id": turn.control.turn_id,
+            "session_id": str(turn.session_id),
+            "model": row.model,
+            "finish_reason": reason,
+            "input_tokens": turn.input_tokens,
+            "output_tokens": turn.output_tokens,
+            "cost": format_money(turn.cost),
+            "latency_ms": row.latency_ms,
+            "ttft_ms": turn.ttft_ms,
+        }
+        if self.config.log_bodies:  # off by default: message text stays out of the logs
+            fields["content"] = row.content
+        logger.info("turn finished", extra=fields)
 
     async def _fail(self, turn: _Turn, exc: BaseException) -> tuple[ErrorEvent, DoneEvent]:
         if isinstance(exc, EngineError):
