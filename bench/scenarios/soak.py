@@ -34,6 +34,13 @@ def run(bench: Bench, engine: EngineHandle) -> dict[str, Any]:
     started = time.perf_counter()
     with Sampler(engine.service, period=sizes.soak_sample_every) as sampler:
         [result] = bench.load([job])
+    gone = [t for t, rss, _ in sampler.samples if rss == 0]
+    if gone:
+        # A server that vanished mid-soak (killed from outside or crashed) has no memory curve to judge.
+        raise RuntimeError(
+            f"the engine process exited {gone[0] - started:.0f} s into the soak "
+            f"({result['cycles']} cycles done, {result['errors']} errors: {result['error_sample']})"
+        )
     points = [((t - started) / 3600.0, rss / MB) for t, rss, _ in sampler.samples]
     measured = points[max(1, len(points) // 10) :]
     second_half = points[len(points) // 2 :]
