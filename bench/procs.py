@@ -102,6 +102,13 @@ class Service:
         except ProcessLookupError:
             return
 
+    def exit_status(self) -> str | None:
+        """None while the process runs; otherwise how it ended (exit code or signal name)."""
+        if self.process is None or self.process.poll() is None:
+            return None
+        code = self.process.returncode
+        return f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}"
+
     def rss(self) -> int:
         return sum(rss_bytes(pid) for pid in process_tree(self.pid))
 

@@ -8,6 +8,7 @@ was measured. Partial results are also written after every scenario to the run's
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -113,33 +114,61 @@ def run_benchmark(options: RunOptions) -> Path:
     return output
 
 
-def _run_backend(
-    bench: Bench, backend: str, numbers: list[int], results: dict[str, Any], work_dir: Path
-) -> None:
+def _start_engine(
+    bench: Bench, backend: str, results: dict[str, Any]
+) -> tuple[contextlib.AbstractContextManager[EngineHandle], EngineHandle] | None:
     _log(f"starting the engine on {backend}")
+    context = bench.engine(backend)
     try:
-        context = bench.engine(backend)
-        engine = context.__enter__()
+        return context, context.__enter__()
     except Exception as exc:  # the engine not starting is a result too; the other backend may work
         results["failures"].append({"backend": backend, "scenario": "engine start", "error": _brief(exc)})
         _log(f"engine on {backend} did not start: {_brief(exc)}")
+        return None
+
+
+def _run_backend(
+    bench: Bench, backend: str, numbers: list[int], results: dict[str, Any], work_dir: Path
+) -> None:
+    started = _start_engine(bench, backend, results)
+    if started is None:
         return
+    context, engine = started
     try:
         for number in numbers:
-            name, runner = SCENARIOS[number]
-            _log(f"[{backend}] scenario {number} ({name})")
-            if number == 2:
-                if "throughput_baselines" not in results["scenarios"]:
-                    _log("scenario 2 baselines: direct SSE and the bare relay")
-                    results["scenarios"]["throughput_baselines"] = throughput.baselines(bench)
-                base = results["scenarios"]["throughput_baselines"]
-                _timed(results, name, backend, lambda base=base: throughput.run(bench, engine, base))
-            else:
-                assert runner is not None
-                _timed(results, name, backend, lambda runner=runner: runner(bench, engine))
+            if engine.service.exit_status() is not None:
+                # Killed from outside or crashed: say so, and go on with a fresh engine and database.
+                error = f"the engine process ended ({engine.service.exit_status()}) before scenario {number}"
+                results["failures"].append({"backend": backend, "scenario": "engine", "error": error})
+                _log(error + "; restarting it on a fresh database")
+                context.__exit__(None, None, None)
+                started = _start_engine(bench, backend, results)
+                if started is None:
+                    return
+                context, engine = started
+            _run_scenario(bench, engine, number, results)
             write_results(results, work_dir / "results.partial.json")
     finally:
         context.__exit__(None, None, None)
+
+
+def _run_scenario(bench: Bench, engine: EngineHandle, number: int, results: dict[str, Any]) -> None:
+    name, runner = SCENARIOS[number]
+    _log(f"[{engine.backend}] scenario {number} ({name})")
+    if number == 2:
+        if "throughput_baselines" not in results["scenarios"]:
+            _log("scenario 2 baselines: direct SSE and the bare relay")
+            results["scenarios"]["throughput_baselines"] = throughput.baselines(bench)
+        base = results["scenarios"]["throughput_baselines"]
+        _timed(results, name, engine.backend, lambda: throughput.run(bench, engine, base))
+    else:
+        assert runner is not None
+        _timed(results, name, engine.backend, lambda: runner(bench, engine))
+    status = engine.service.exit_status()
+    if status is not None:
+        entry = results["scenarios"][name][engine.backend]
+        ended = f"the engine process ended during the scenario ({status})"
+        entry["failed"] = f"{entry['failed']}; {ended}" if entry.get("failed") else ended
 
 
 def _timed(
