@@ -64,6 +64,21 @@ def _git_commit(repo: Path) -> str:
         return ""
 
 
+def _uncommitted(repo: Path) -> list[str]:
+    """Engine files that differ from the commit: the server runs what is on disk, not what is committed."""
+    try:
+        out = subprocess.run(
+            ["git", "status", "--porcelain", "--", "aria_engine", "src", "migrations", "models.yaml"],
+            cwd=repo,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        return [line[3:] for line in out.stdout.splitlines() if line.strip()]
+    except (OSError, subprocess.SubprocessError):
+        return []
+
+
 def _version(name: str) -> str:
     try:
         return metadata.version(name)
@@ -83,5 +98,6 @@ def machine_info(repo: Path) -> dict[str, Any]:
         "os": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
         "git_commit": _git_commit(repo),
+        "uncommitted_engine_files": _uncommitted(repo),
         "packages": {name: _version(name) for name in _PACKAGES},
     }

@@ -97,7 +97,12 @@ def _head(results: dict[str, Any], results_path: Path) -> list[str]:
         ],
         [
             "Software",
-            f"Python {machine.get('python')}, {machine.get('os')}, engine commit {machine.get('git_commit')}",
+            f"Python {machine.get('python')}, {machine.get('os')}, engine commit {machine.get('git_commit')}"
+            + (
+                f" plus uncommitted changes to {', '.join(machine['uncommitted_engine_files'])}"
+                if machine.get("uncommitted_engine_files")
+                else ""
+            ),
         ],
         ["Packages", ", ".join(f"{k} {v}" for k, v in packages.items())],
     ]
