@@ -148,33 +148,60 @@ def is_loopback(host: str) -> bool:
 class Authenticator:
     """Maps a bearer key to its principal, or to `local` while no key exists (open mode).
 
-    Each call reads the database (one indexed lookup), so a key created or revoked by the CLI in another
-    process takes effect at once.
+    Answers are cached for `cache_seconds` (ARIA_AUTH_CACHE_SECONDS): without the cache every request
+    paid a database round trip before doing its work. A key created or revoked by the CLI in another
+    process therefore takes effect within that time; `0` makes every call read the database. The cache
+    is bounded (`max_keys`), so random keys cannot grow it.
     """
 
-    def __init__(self, db_factory: async_sessionmaker[AsyncSession]) -> None:
+    def __init__(
+        self,
+        db_factory: async_sessionmaker[AsyncSession],
+        *,
+        cache_seconds: float = 0.0,
+        max_keys: int = 1024,
+    ) -> None:
         self._db_factory = db_factory
+        self._cache_seconds = cache_seconds
+        self._max_keys = max_keys
+        self._open_mode: tuple[bool, float] | None = None  # (value, expires at)
+        self._principals: OrderedDict[str, tuple[str | None, float]] = OrderedDict()
 
     async def open_mode(self) -> bool:
+        now = time.monotonic()
+        if self._open_mode is not None and self._open_mode[1] > now:
+            return self._open_mode[0]
         async with self._db_factory() as db:
             active = await db.scalar(select(exists().where(ApiKey.revoked_at.is_(None))))
+        self._open_mode = (not active, now + self._cache_seconds)
         return not active
 
     async def principal_for(self, bearer: str | None) -> str:
         """The principal of this key; raises AuthError if it is missing, unknown or revoked."""
         if bearer:
-            async with self._db_factory() as db:
-                principal = await db.scalar(
-                    select(ApiKey.principal).where(
-                        ApiKey.key_hash == hash_key(bearer), ApiKey.revoked_at.is_(None)
-                    )
-                )
+            principal = await self._lookup(hash_key(bearer))
             if principal is None:
                 raise AuthError("The API key is invalid or revoked.")
             return principal
         if await self.open_mode():
             return OPEN_PRINCIPAL
         raise AuthError()
+
+    async def _lookup(self, key_hash: str) -> str | None:
+        now = time.monotonic()
+        cached = self._principals.get(key_hash)
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        async with self._db_factory() as db:
+            principal = await db.scalar(
+                select(ApiKey.principal).where(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None))
+            )
+        if self._cache_seconds > 0:
+            self._principals[key_hash] = (principal, now + self._cache_seconds)
+            self._principals.move_to_end(key_hash)
+            while len(self._principals) > self._max_keys:
+                self._principals.popitem(last=False)
+        return principal
 
 
 async def check_bind_allowed(config: EngineConfig, authenticator: Authenticator) -> None:

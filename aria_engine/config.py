@@ -116,6 +116,9 @@ class EngineConfig(BaseSettings):
     rate_limit_requests_per_minute: int = Field(default=600, ge=0)  # 0 disables
     rate_limit_tokens_per_minute: int = Field(default=0, ge=0)  # 0 disables
     ws_ticket_ttl: float = Field(default=60.0, gt=0)
+    # How long an API-key lookup (and the "no keys yet: open mode" answer) is reused: a key created or
+    # revoked in another process takes effect within this time. 0: every request reads the database.
+    auth_cache_seconds: float = Field(default=2.0, ge=0)
 
     @field_validator("allowed_origins", mode="before")
     @classmethod

@@ -261,3 +261,24 @@ async def test_keys_cli_creates_lists_and_revokes(live_server: LiveServer, datab
     assert missing.exit_code == 1 and "no single active key" in missing.output
     async with live_server.client(key) as http:
         assert (await http.get(f"{CHAT}/sessions/{session_id}")).status_code == 401
+
+
+async def test_key_lookups_are_cached_for_the_configured_time_then_reread(
+    start_server: Callable[[EngineConfig], LiveServer],
+    api_config: Callable[..., EngineConfig],
+    db_factory: Factory,
+) -> None:
+    server = start_server(api_config(auth_cache_seconds=0.5))
+    key, info = await create_key(db_factory, "alice")
+    async with server.client(key) as http:
+        assert (await http.get(f"{CHAT}/sessions")).status_code == 200
+        await revoke_key(db_factory, info.id)
+        # Within the cache time the answer may be the cached one; after it, the revocation holds.
+        statuses = []
+        for _ in range(100):
+            statuses.append((await http.get(f"{CHAT}/sessions")).status_code)
+            if statuses[-1] == 401:
+                break
+            await asyncio.sleep(0.05)
+    assert statuses[-1] == 401
+    assert set(statuses) <= {200, 401}

@@ -51,12 +51,14 @@ def _state(connection: HTTPConnection, name: str) -> Any:
     return value
 
 
-def get_config(request: Request) -> EngineConfig:
+# Dependencies are `async def` on purpose: FastAPI runs a plain `def` dependency in a worker thread,
+# a thread hop on every request for what is an attribute read.
+async def get_config(request: Request) -> EngineConfig:
     config: EngineConfig = _state(request, "config")
     return config
 
 
-def get_engine(request: Request) -> ChatEngine:
+async def get_engine(request: Request) -> ChatEngine:
     engine: ChatEngine = _state(request, "engine")
     return engine
 

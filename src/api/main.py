@@ -115,7 +115,7 @@ async def _build(app: FastAPI, config: EngineConfig, stack: AsyncExitStack) -> N
         redis = Redis.from_url(config.redis_url)
         stack.push_async_callback(redis.aclose)
 
-    authenticator = Authenticator(db_factory)
+    authenticator = Authenticator(db_factory, cache_seconds=config.auth_cache_seconds)
     await check_bind_allowed(config, authenticator)
 
     gateway = LLMGateway.from_config(config)

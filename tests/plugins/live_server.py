@@ -156,6 +156,8 @@ def api_config(database_url: str, fake_llm: FakeLLM, tmp_path: Path) -> Callable
             "llm_max_retries": 0,
             # Tests of a dropped socket say explicitly when they want the resume grace period.
             "disconnect_grace_seconds": 0,
+            # Key changes take effect at once; the cache has its own test.
+            "auth_cache_seconds": 0,
         }
         values.update(overrides)
         return EngineConfig(**values)
