@@ -19,11 +19,11 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import func, or_, select, update
+from sqlalchemy import BigInteger, DateTime, bindparam, func, insert, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from aria_engine.db.models import ChatMessage, ChatSession, utcnow
-from aria_engine.db.types import format_money, to_money
+from aria_engine.db.types import Money, format_money, to_money
 
 __all__ = [
     "MessageCounters",
@@ -46,6 +46,26 @@ class MessageCounters:
     cost: Decimal = Decimal(0)
 
 
+# Built once: constructing SQL expressions costs more than executing them on the send path.
+_SESSIONS = ChatSession.__table__
+_ADVANCE_SESSION = (
+    update(_SESSIONS)
+    .where(_SESSIONS.c.id == bindparam("session_id"))
+    .values(
+        next_seq=_SESSIONS.c.next_seq + 1,
+        message_count=_SESSIONS.c.message_count + 1,
+        input_tokens=_SESSIONS.c.input_tokens + bindparam("d_input", type_=BigInteger),
+        output_tokens=_SESSIONS.c.output_tokens + bindparam("d_output", type_=BigInteger),
+        reasoning_tokens=_SESSIONS.c.reasoning_tokens + bindparam("d_reasoning", type_=BigInteger),
+        total_tokens=_SESSIONS.c.total_tokens + bindparam("d_total", type_=BigInteger),
+        total_cost=_SESSIONS.c.total_cost + bindparam("d_cost", type_=Money),
+        updated_at=bindparam("now", type_=DateTime(timezone=True)),
+    )
+    .returning(_SESSIONS.c.next_seq)
+)
+_INSERT_MESSAGE = insert(ChatMessage.__table__)
+
+
 async def append_message(
     db: AsyncSession,
     session_id: uuid.UUID,
@@ -56,27 +76,26 @@ async def append_message(
     counters: MessageCounters = MessageCounters(),
     **fields: Any,
 ) -> ChatMessage:
-    """Write one message row and move the session counters by its usage, atomically."""
+    """Write one message row and move the session counters by its usage, atomically.
+
+    Returns the written row as a detached `ChatMessage` (Core statements, no unit of work: this runs
+    several times per turn).
+    """
     cost = to_money(counters.cost)
     now = utcnow()
-    seq = (
-        await db.execute(
-            update(ChatSession)
-            .where(ChatSession.id == session_id)
-            .values(
-                next_seq=ChatSession.next_seq + 1,
-                message_count=ChatSession.message_count + 1,
-                input_tokens=ChatSession.input_tokens + counters.input_tokens,
-                output_tokens=ChatSession.output_tokens + counters.output_tokens,
-                reasoning_tokens=ChatSession.reasoning_tokens + counters.reasoning_tokens,
-                total_tokens=ChatSession.total_tokens + counters.input_tokens + counters.output_tokens,
-                total_cost=ChatSession.total_cost + cost,
-                updated_at=now,
-            )
-            .returning(ChatSession.next_seq)
-            .execution_options(synchronize_session=False)
-        )
-    ).scalar_one() - 1
+    advanced = await db.execute(
+        _ADVANCE_SESSION,
+        {
+            "session_id": session_id,
+            "d_input": counters.input_tokens,
+            "d_output": counters.output_tokens,
+            "d_reasoning": counters.reasoning_tokens,
+            "d_total": counters.input_tokens + counters.output_tokens,
+            "d_cost": cost,
+            "now": now,
+        },
+    )
+    seq = advanced.scalar_one() - 1
     row = ChatMessage(
         id=uuid.uuid4(),
         session_id=session_id,
@@ -91,9 +110,43 @@ async def append_message(
         created_at=now,
         **fields,
     )
-    db.add(row)
-    await db.flush()
+    await db.execute(_INSERT_MESSAGE, [_column_values(row)])
     return row
+
+
+# (column name, attribute name) pairs: `metadata` is the column behind the `metadata_` attribute.
+_MESSAGE_COLUMNS = tuple(
+    (column.name, ChatMessage.__mapper__.get_property_by_column(column).key)
+    for column in ChatMessage.__table__.columns
+)
+
+
+def _column_values(row: ChatMessage) -> dict[str, Any]:
+    return {name: getattr(row, key) for name, key in _MESSAGE_COLUMNS}
+
+
+_LEASE_UNTIL = DateTime(timezone=True)
+_ACQUIRE_LEASE = (
+    update(_SESSIONS)
+    .where(
+        _SESSIONS.c.id == bindparam("session_id"),
+        or_(
+            _SESSIONS.c.active_turn_id.is_(None),
+            _SESSIONS.c.turn_lease_until < bindparam("now", type_=_LEASE_UNTIL),
+        ),
+    )
+    .values(active_turn_id=bindparam("turn_id"), turn_lease_until=bindparam("until", type_=_LEASE_UNTIL))
+)
+_RENEW_LEASE = (
+    update(_SESSIONS)
+    .where(_SESSIONS.c.id == bindparam("session_id"), _SESSIONS.c.active_turn_id == bindparam("turn_id"))
+    .values(turn_lease_until=bindparam("until", type_=_LEASE_UNTIL))
+)
+_RELEASE_LEASE = (
+    update(_SESSIONS)
+    .where(_SESSIONS.c.id == bindparam("session_id"), _SESSIONS.c.active_turn_id == bindparam("turn_id"))
+    .values(active_turn_id=None, turn_lease_until=None)
+)
 
 
 async def acquire_turn_lease(
@@ -101,37 +154,25 @@ async def acquire_turn_lease(
 ) -> bool:
     """Take the session's turn lock if it is free or its holder's lease ran out."""
     now = utcnow()
-    result = await db.execute(
-        update(ChatSession)
-        .where(
-            ChatSession.id == session_id,
-            or_(ChatSession.active_turn_id.is_(None), ChatSession.turn_lease_until < now),
-        )
-        .values(active_turn_id=turn_id, turn_lease_until=now + timedelta(seconds=lease_seconds))
-        .execution_options(synchronize_session=False)
-    )
+    params = {"session_id": session_id, "turn_id": turn_id, "now": now, "until": _after(now, lease_seconds)}
+    result = await db.execute(_ACQUIRE_LEASE, params)
     return result.rowcount == 1  # type: ignore[attr-defined]
 
 
 async def renew_turn_lease(
     db: AsyncSession, session_id: uuid.UUID, turn_id: uuid.UUID, lease_seconds: float
 ) -> bool:
-    result = await db.execute(
-        update(ChatSession)
-        .where(ChatSession.id == session_id, ChatSession.active_turn_id == turn_id)
-        .values(turn_lease_until=utcnow() + timedelta(seconds=lease_seconds))
-        .execution_options(synchronize_session=False)
-    )
+    params = {"session_id": session_id, "turn_id": turn_id, "until": _after(utcnow(), lease_seconds)}
+    result = await db.execute(_RENEW_LEASE, params)
     return result.rowcount == 1  # type: ignore[attr-defined]
 
 
 async def release_turn_lease(db: AsyncSession, session_id: uuid.UUID, turn_id: uuid.UUID) -> None:
-    await db.execute(
-        update(ChatSession)
-        .where(ChatSession.id == session_id, ChatSession.active_turn_id == turn_id)
-        .values(active_turn_id=None, turn_lease_until=None)
-        .execution_options(synchronize_session=False)
-    )
+    await db.execute(_RELEASE_LEASE, {"session_id": session_id, "turn_id": turn_id})
+
+
+def _after(now: datetime, seconds: float) -> datetime:
+    return now + timedelta(seconds=seconds)
 
 
 async def verify_totals(db: AsyncSession, session_id: uuid.UUID) -> dict[str, tuple[Any, Any]]:
