@@ -211,6 +211,7 @@ class ChatEngine(SessionManager):
         # Renewed every third of its length while a turn runs, so a crashed holder frees it quickly.
         self.lease_seconds = 60.0
         self._background: set[asyncio.Task[None]] = set()  # title generation; bounded by live sessions
+        self._prompt_token_cache: dict[tuple[str, str], int] = {}  # bounded to 256 entries
 
     async def aclose(self) -> None:
         """Stop background work (title generation). Running turns belong to their callers."""
@@ -379,14 +380,22 @@ class ChatEngine(SessionManager):
         system_prompt = self.prompts.build(
             agent_id=session.agent_id, override=session.system_prompt, tool_schemas=schemas
         )
-        needed = self.gateway.count_tokens(info.id, system_prompt) + self.gateway.count_tokens(
-            info.id, content
-        )
+        needed = self._prompt_tokens(info.id, system_prompt) + self.gateway.count_tokens(info.id, content)
         if needed > budget:
             raise PayloadTooLarge(
                 f"The message does not fit the model's context window ({needed} of {budget} tokens)."
             )
         return _Plan(info, schemas, system_prompt, budget)
+
+    def _prompt_tokens(self, model_id: str, prompt: str) -> int:
+        """Token count of a system prompt: the same prompt comes back turn after turn, so count it once."""
+        key = (model_id, prompt)
+        count = self._prompt_token_cache.get(key)
+        if count is None:
+            if len(self._prompt_token_cache) >= 256:
+                self._prompt_token_cache.pop(next(iter(self._prompt_token_cache)))
+            count = self._prompt_token_cache[key] = self.gateway.count_tokens(model_id, prompt)
+        return count
 
     async def _run_rounds(
         self, turn: _Turn, session: ChatSession, plan: _Plan, enable_thinking: bool
