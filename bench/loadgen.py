@@ -21,6 +21,7 @@ load-generator processes merge on one clock.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import sys
 import time
@@ -235,7 +236,7 @@ async def _sse_turns(job: Job) -> dict[str, Any]:
 async def _http(job: Job) -> dict[str, Any]:
     """Closed loop: each worker sends its request again as soon as the previous answer is read.
 
-    With `duration`, requests that complete inside the window (after the warm-up) count; with
+    With `duration`, requests that complete inside a steady-state window count (`_timed_window`); with
     `requests`, each worker sends `warmup` unrecorded requests and then exactly `requests` recorded ones.
     """
     templates: list[dict[str, Any]] = job["workers"]
@@ -277,18 +278,9 @@ async def _http(job: Job) -> dict[str, Any]:
             await asyncio.gather(*(counted_worker(t) for t in templates))
             duration = time.perf_counter() - started
         else:
-            duration = float(job["duration"])
-            begin = time.perf_counter() + float(job.get("warmup", 1.0))
-            end = begin + duration
-
-            async def timed_worker(template: dict[str, Any]) -> None:
-                while time.perf_counter() < end:
-                    outcome = await one(template)
-                    # A request counts when it completes inside the window (throughput = completions).
-                    if outcome is not None and begin <= outcome[1] <= end:
-                        record(outcome)
-
-            await asyncio.gather(*(timed_worker(t) for t in templates))
+            duration, outcomes = await _timed_window(job, templates, one)
+            for outcome in outcomes:
+                record(outcome)
     ok = sum(n for code, n in statuses.items() if code.startswith("2"))
     return {
         "latencies": latencies,
@@ -299,6 +291,58 @@ async def _http(job: Job) -> dict[str, Any]:
         "errors": len(errors),
         "error_sample": errors[:3],
     }
+
+
+# A slow server must still be measured in steady state: the window waits for every client's first answer
+# and lasts until each client completed about two requests, within these caps (seconds).
+_MAX_WARMUP = 30.0
+_MAX_WINDOW = 30.0
+
+
+async def _timed_window(
+    job: Job, templates: list[dict[str, Any]], one: Any
+) -> tuple[float, list[tuple[float, float, int]]]:
+    """Closed-loop clients measured over a window in steady state; returns (window, counted outcomes).
+
+    The window opens after the warm-up and after every client has had one answer (so a slow server
+    is not measured on its first, synchronized burst); it closes after `duration`, or later if fewer
+    than two completions per client fell inside it.
+    """
+    started = time.perf_counter()
+    answered: set[int] = set()
+    all_answered = asyncio.Event()
+    done: list[tuple[float, float, int]] = []
+    stop = asyncio.Event()
+
+    async def worker(index: int, template: dict[str, Any]) -> None:
+        while not stop.is_set():
+            outcome = await one(template)
+            if outcome is not None:
+                done.append(outcome)
+                answered.add(index)
+                if len(answered) == len(templates):
+                    all_answered.set()
+
+    async def control() -> tuple[float, float]:
+        await asyncio.sleep(float(job.get("warmup", 1.0)))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(all_answered.wait(), max(0.0, started + _MAX_WARMUP - time.perf_counter()))
+        begin = time.perf_counter()
+        minimum = begin + float(job["duration"])
+        while time.perf_counter() < begin + _MAX_WINDOW:
+            now = time.perf_counter()
+            if now >= minimum and sum(1 for o in done if o[1] >= begin) >= 2 * len(templates):
+                break
+            await asyncio.sleep(0.05)
+        end = time.perf_counter()
+        stop.set()
+        return begin, end
+
+    workers = [asyncio.create_task(worker(i, t)) for i, t in enumerate(templates)]
+    begin, end = await control()
+    await asyncio.gather(*workers)
+    # A request counts when it completes inside the window (throughput = completions per second).
+    return end - begin, [o for o in done if begin <= o[1] <= end]
 
 
 async def _soak(job: Job) -> dict[str, Any]:
