@@ -15,6 +15,7 @@ from bench.targets import evaluate_targets, pick
 __all__ = ["render"]
 
 ANALYSIS = Path(__file__).resolve().parent / "ANALYSIS.md"
+MIN_PROFILE_SAMPLES = 100  # below this a profile is noise, not a picture of where time goes
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -454,13 +455,17 @@ def _profiles(results: dict[str, Any]) -> list[str]:
     profiles = results.get("profiles") or {}
     if not profiles:
         return []
+    kept = {name: p for name, p in profiles.items() if p.get("samples", 0) >= MIN_PROFILE_SAMPLES}
     lines = [
         "## Profiles (py-spy, this run)",
         "",
-        "Share of samples by function; own = the frame on top of the stack, inclusive = anywhere in it.",
+        "Share of samples by function; own = the frame on top of the stack, inclusive = anywhere in it. "
+        f"Profiles with fewer than {MIN_PROFILE_SAMPLES} samples (under half a second of sampling) are "
+        "left out"
+        + (f": {', '.join(sorted(set(profiles) - set(kept)))}." if len(kept) < len(profiles) else "."),
         "",
     ]
-    for name, profile in profiles.items():
+    for name, profile in kept.items():
         rows = [[f"`{fn}`", f"{share}%"] for fn, share in profile.get("own_percent", [])[:12]]
         lines += [f"**{name}** ({profile.get('samples', 0):,} samples), top own time:", ""]
         lines += _table(["Function", "Own"], rows)
