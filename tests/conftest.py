@@ -26,7 +26,12 @@ from aria_engine.db.engine import create_engine, create_session_factory
 from aria_engine.db.migrate import upgrade_sync
 
 # Fixture plugins, one module per area (fake LLM provider, live server, ...). Add yours to this list.
-pytest_plugins: list[str] = ["tests.plugins.fake_llm", "tests.plugins.live_server", "tests.plugins.engine"]
+pytest_plugins: list[str] = [
+    "tests.plugins.fake_llm",
+    "tests.plugins.live_server",
+    "tests.plugins.engine",
+    "tests.plugins.tcp_proxy",
+]
 
 POSTGRES_URL = os.environ.get("ARIA_TEST_POSTGRES_URL", "")
 

@@ -22,7 +22,8 @@ import pytest
 
 from aria_engine.testing.fake_llm import FakeLLM, Reply, ToolCall
 from tests.conftest import POSTGRES_URL
-from tests.test_cli_chat import TcpProxy, create_api_key
+from tests.plugins.tcp_proxy import TcpProxy
+from tests.test_cli_chat import create_api_key
 
 CHROMIUM = Path("/usr/bin/chromium")
 NO_CHROMIUM = "Chromium is not installed at /usr/bin/chromium (apt-get install chromium)"
@@ -54,20 +55,6 @@ RECORD_STEPS = """() => {
     if (el) window.__steps.push(el.textContent.length);
   }).observe(document.getElementById('message-list'), {childList: true, subtree: true, characterData: true});
 }"""
-
-
-@pytest.fixture
-def proxy_factory() -> Iterator[Callable[[str], TcpProxy]]:
-    proxies: list[TcpProxy] = []
-
-    def make(base_url: str) -> TcpProxy:
-        proxy = TcpProxy(int(base_url.rsplit(":", 1)[1]))
-        proxies.append(proxy)
-        return proxy
-
-    yield make
-    for proxy in proxies:
-        proxy.close()
 
 
 @pytest.fixture(scope="module")
