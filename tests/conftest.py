@@ -36,10 +36,25 @@ pytest_plugins: list[str] = [
 POSTGRES_URL = os.environ.get("ARIA_TEST_POSTGRES_URL", "")
 
 # The tests never read a developer's .env or ambient settings.
-for _name in [n for n in os.environ if n.startswith("ARIA_") and n != "ARIA_TEST_POSTGRES_URL"]:
+for _name in [n for n in os.environ if n.startswith("ARIA_") and not n.startswith("ARIA_TEST_")]:
     del os.environ[_name]
 for _name in ("DATABASE_URL", "REDIS_URL"):
     os.environ.pop(_name, None)
+
+# Redis: the scale-out tests (resume/cancel across replicas, shared tickets and limits) use it.
+REDIS_URL = os.environ.get("ARIA_TEST_REDIS_URL", "redis://127.0.0.1:6379/15")
+
+
+def _redis_available() -> bool:
+    import redis
+
+    try:
+        return bool(redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping())
+    except redis.RedisError:
+        return False
+
+
+needs_redis = pytest.mark.skipif(not _redis_available(), reason=f"Redis not reachable at {REDIS_URL}")
 
 NO_POSTGRES = "PostgreSQL not configured: set ARIA_TEST_POSTGRES_URL to run the PostgreSQL variants"
 BACKENDS = [

@@ -9,7 +9,7 @@ from redis.asyncio import Redis
 
 from aria_engine.auth import RateLimiter, TicketStore, is_loopback
 from aria_engine.exceptions import AuthError, RateLimited
-from tests.test_ws_resume import REDIS_URL, needs_redis
+from tests.conftest import REDIS_URL, needs_redis
 
 
 @pytest.fixture(params=["memory", pytest.param("redis", marks=needs_redis)])

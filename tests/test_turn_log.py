@@ -17,7 +17,7 @@ from aria_engine.turn_log import (
     TurnEventLog,
     TurnNotFound,
 )
-from tests.test_ws_resume import REDIS_URL, needs_redis
+from tests.conftest import REDIS_URL, needs_redis
 
 
 async def _collect(log: TurnEventLog, turn_id: str, after_seq: int) -> list[LoggedEvent]:

@@ -10,25 +10,12 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
-import pytest
-import redis
-
 from aria_engine.config import EngineConfig
 from aria_engine.testing.fake_llm import FakeLLM, Reply, Stall
+from tests.conftest import REDIS_URL, needs_redis
 from tests.plugins.live_server import LiveServer, read_turn, read_until, recv_json, send_json
 
-REDIS_URL = "redis://127.0.0.1:6379/15"
 WORDS = " ".join(f"w{i}" for i in range(1, 25))
-
-
-def _redis_available() -> bool:
-    try:
-        return bool(redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2).ping())
-    except redis.RedisError:
-        return False
-
-
-needs_redis = pytest.mark.skipif(not _redis_available(), reason=f"Redis not reachable at {REDIS_URL}")
 
 
 async def _session(server: LiveServer) -> str:
