@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from sqlalchemy import select, union_all
 
-from aria_engine.db.models import ChatMessage
+from aria_engine.db.models import ChatMessage, ChatSession
 from aria_engine.exceptions import PayloadTooLarge
 
 if TYPE_CHECKING:
@@ -189,7 +189,15 @@ class ContextManager:
         limit = min(max(1, context_window), MAX_CONTEXT_MESSAGES)
         in_session = ChatMessage.session_id == session_id
         is_user = ChatMessage.role == "user"
-        newest = select(*_COLUMNS).where(in_session).order_by(ChatMessage.seq.desc()).limit(limit)
+        # A seq range, not only ORDER BY ... LIMIT: the rows touched stay `limit` whatever the planner
+        # estimates for this session (next_seq comes from the session row, by primary key).
+        next_seq = select(ChatSession.next_seq).where(ChatSession.id == session_id).scalar_subquery()
+        newest = (
+            select(*_COLUMNS)
+            .where(in_session, ChatMessage.seq >= next_seq - limit)
+            .order_by(ChatMessage.seq.desc())
+            .limit(limit)
+        )
         first_user = select(*_COLUMNS).where(in_session, is_user).order_by(ChatMessage.seq).limit(1)
         newest_user_seq = (
             select(ChatMessage.seq).where(in_session, is_user).order_by(ChatMessage.seq.desc()).limit(1)

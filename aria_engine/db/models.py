@@ -124,6 +124,9 @@ class ChatMessage(Base):
         UniqueConstraint("session_id", "seq"),
         UniqueConstraint("session_id", "idempotency_key"),
         Index("ix_chat_messages_turn_id", "turn_id"),
+        # The context read's "first / newest user message" lookups: one index probe each, whatever the
+        # history length (without it PostgreSQL scanned and sorted the whole session).
+        Index("ix_chat_messages_session_id_role_seq", "session_id", "role", "seq"),
     )
 
 
