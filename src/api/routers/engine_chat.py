@@ -44,6 +44,7 @@ from starlette import status as ws_status
 from aria_engine.chat_engine import ChatEngine, ChatResponse
 from aria_engine.config import EngineConfig
 from aria_engine.context_manager import ContextManager
+from aria_engine.db.types import format_money
 from aria_engine.exceptions import EngineError, EngineUnavailable
 from aria_engine.export import stream_export
 from aria_engine.prompts import PromptAssembler
@@ -212,7 +213,7 @@ def response_of(response: ChatResponse) -> SendMessageResponse:
         finish_reason=response.finish_reason,
         turn_id=response.turn_id,
         reasoning_tokens=response.reasoning_tokens,
-        cost=format(response.cost.normalize(), "f") if response.cost else "0",
+        cost=format_money(response.cost),
         ttft_ms=response.ttft_ms,
     )
 
