@@ -40,6 +40,7 @@ from sqlalchemy import select
 
 from aria_engine import __version__
 from aria_engine.db.models import ChatMessage, ChatSession
+from aria_engine.db.store import as_utc
 from aria_engine.db.types import format_money
 from aria_engine.exceptions import SessionNotFound, ValidationError
 from aria_engine.ids import parse_session_id, validate_agent_id
@@ -267,20 +268,13 @@ async def _pages(
 # -- shared value formatting -----------------------------------------------------------------------------
 
 
-def _utc(value: datetime | None) -> datetime | None:
-    # SQLite hands back naive datetimes; every stored time is UTC.
-    if value is None:
-        return None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
 def _iso(value: datetime | None) -> str | None:
-    value = _utc(value)
+    value = as_utc(value)
     return value.isoformat().replace("+00:00", "Z") if value else None
 
 
 def _millis(value: datetime | None) -> int:
-    value = _utc(value)
+    value = as_utc(value)
     return int(value.timestamp() * 1000) if value else 0
 
 
