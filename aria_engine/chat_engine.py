@@ -336,23 +336,25 @@ class ChatEngine(SessionManager):
         control: TurnControl,
         enable_tools: bool,
     ) -> tuple[ChatSession, _Plan, ChatMessage, list[dict[str, Any]]]:
-        """Checks that can fail, then the lease and the user row in one transaction."""
+        """Checks that can fail, then the lease and the user row in one transaction.
+
+        The normal turn costs three statements before its first LLM call: take the lease (returning the
+        session), insert the user row, read the context. Refusals and crashed-turn takeovers go through
+        `_start_refused`.
+        """
+        turn_id = uuid.UUID(control.turn_id)
         async with self._db_factory.begin() as db:
-            session = await load_session(db, sid, owner)
-            if session.status != "active":
-                raise SessionEnded()
+            session = await store.start_turn(db, sid, owner, turn_id, self.lease_seconds)
+            if session is None:
+                session = await self._start_refused(db, sid, owner, turn_id)
             plan = self._plan(session, content, enable_tools)
-            if not await store.acquire_turn_lease(db, sid, uuid.UUID(control.turn_id), self.lease_seconds):
-                raise SessionBusy()
-            if session.active_turn_id is not None:
-                # The previous holder's lease ran out without finishing its turn (crashed replica).
-                await self._mark_interrupted(db, sid, session.active_turn_id)
-            user_row = await store.append_message(
+            user_row = await store.insert_message(
                 db,
                 sid,
+                seq=session.next_seq - 1,
                 role="user",
                 content=content,
-                turn_id=uuid.UUID(control.turn_id),
+                turn_id=turn_id,
                 idempotency_key=idempotency_key,
             )
             if session.title is None:
@@ -367,6 +369,25 @@ class ChatEngine(SessionManager):
             # first token, and a history that cannot fit fails here, before the turn starts.
             first_messages = await self._context(db, session, plan)
         return session, plan, user_row, first_messages
+
+    async def _start_refused(
+        self, db: AsyncSession, sid: uuid.UUID, owner: str | None, turn_id: uuid.UUID
+    ) -> ChatSession:
+        """Why `start_turn` refused: raise the matching error, or take over a crashed turn's lease."""
+        session = await load_session(db, sid, owner)
+        if session.status != "active":
+            raise SessionEnded()
+        stale, lease_until = session.active_turn_id, store.as_utc(session.turn_lease_until)
+        now = utcnow()
+        # The holder's lease ran out without finishing its turn (a crashed replica): close that turn as
+        # interrupted and start this one, unless another request got there first.
+        expired = stale is not None and lease_until is not None and lease_until < now
+        if expired and stale and await store.clear_stale_lease(db, sid, stale, expired_before=now):
+            await self._mark_interrupted(db, sid, stale)
+            started = await store.start_turn(db, sid, owner, turn_id, self.lease_seconds)
+            if started is not None:
+                return started
+        raise SessionBusy()
 
     def _plan(self, session: ChatSession, content: str, enable_tools: bool) -> _Plan:
         """Resolve the model and budget; refuse a message that cannot fit before anything starts."""
@@ -607,8 +628,8 @@ class ChatEngine(SessionManager):
                 ttft_ms=turn.ttft_ms,
                 finish_reason=str(reason),
                 metadata_=self._usage_metadata(call) if call else None,
+                ends_turn=turn.turn_id,
             )
-            await store.release_turn_lease(db, turn.session_id, turn.turn_id)
         turn.add_usage(counters)
         turn.call = None
         turn.pending_tool_calls = []
@@ -786,12 +807,8 @@ class ChatEngine(SessionManager):
         recovered = 0
         for sid, turn_id in stale:
             async with self._db_factory.begin() as db:
-                claimed = await db.execute(
-                    update(ChatSession)
-                    .where(ChatSession.id == sid, ChatSession.active_turn_id == turn_id)
-                    .values(active_turn_id=None, turn_lease_until=None)
-                )
-                if claimed.rowcount == 1 and await self._mark_interrupted(db, sid, turn_id):  # type: ignore[attr-defined]
+                claimed = await store.clear_stale_lease(db, sid, turn_id, expired_before=None)
+                if claimed and await self._mark_interrupted(db, sid, turn_id):
                     recovered += 1
         if recovered:
             logger.info("recovered interrupted turns", extra={"count": recovered})

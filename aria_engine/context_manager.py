@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import orjson
-from sqlalchemy import select, union_all
+from sqlalchemy import CompoundSelect, Integer, bindparam, select, union_all
 
 from aria_engine.db.models import ChatMessage, ChatSession
 from aria_engine.exceptions import PayloadTooLarge
@@ -77,6 +77,37 @@ _COLUMNS = (
     ChatMessage.tool_name,
     ChatMessage.finish_reason,
 )
+
+
+def _context_rows_statement() -> CompoundSelect:
+    """The statement behind `ContextManager.read_rows`, built once (constructing it costs more than
+    running it). Parameters: `session_id`, `limit`."""
+    in_session = ChatMessage.session_id == bindparam("session_id")
+    is_user = ChatMessage.role == "user"
+    limit = bindparam("limit", type_=Integer)
+    # A seq range, not only ORDER BY ... LIMIT: the rows touched stay `limit` whatever the planner
+    # estimates for this session (next_seq comes from the session row, by primary key).
+    next_seq = select(ChatSession.next_seq).where(ChatSession.id == bindparam("session_id")).scalar_subquery()
+    newest = (
+        select(*_COLUMNS)
+        .where(in_session, ChatMessage.seq >= next_seq - limit)
+        .order_by(ChatMessage.seq.desc())
+        .limit(limit)
+    )
+    first_user = select(*_COLUMNS).where(in_session, is_user).order_by(ChatMessage.seq).limit(1)
+    newest_user_seq = (
+        select(ChatMessage.seq).where(in_session, is_user).order_by(ChatMessage.seq.desc()).limit(1)
+    ).scalar_subquery()
+    this_turn = (
+        select(*_COLUMNS)
+        .where(in_session, ChatMessage.seq >= newest_user_seq)
+        .order_by(ChatMessage.seq)
+        .limit(MAX_CONTEXT_MESSAGES)
+    )
+    return union_all(*(select(part.subquery()) for part in (newest, first_user, this_turn)))
+
+
+_CONTEXT_ROWS = _context_rows_statement()
 
 
 @dataclass(slots=True, frozen=True)
@@ -187,29 +218,8 @@ class ContextManager:
         small window cannot push this turn's question out from under its own tool rounds).
         """
         limit = min(max(1, context_window), MAX_CONTEXT_MESSAGES)
-        in_session = ChatMessage.session_id == session_id
-        is_user = ChatMessage.role == "user"
-        # A seq range, not only ORDER BY ... LIMIT: the rows touched stay `limit` whatever the planner
-        # estimates for this session (next_seq comes from the session row, by primary key).
-        next_seq = select(ChatSession.next_seq).where(ChatSession.id == session_id).scalar_subquery()
-        newest = (
-            select(*_COLUMNS)
-            .where(in_session, ChatMessage.seq >= next_seq - limit)
-            .order_by(ChatMessage.seq.desc())
-            .limit(limit)
-        )
-        first_user = select(*_COLUMNS).where(in_session, is_user).order_by(ChatMessage.seq).limit(1)
-        newest_user_seq = (
-            select(ChatMessage.seq).where(in_session, is_user).order_by(ChatMessage.seq.desc()).limit(1)
-        ).scalar_subquery()
-        this_turn = (
-            select(*_COLUMNS)
-            .where(in_session, ChatMessage.seq >= newest_user_seq)
-            .order_by(ChatMessage.seq)
-            .limit(MAX_CONTEXT_MESSAGES)
-        )
-        parts = [select(part.subquery()) for part in (newest, first_user, this_turn)]
-        by_seq = {row.seq: row for row in await db.execute(union_all(*parts))}  # the parts overlap
+        rows = await db.execute(_CONTEXT_ROWS, {"session_id": session_id, "limit": limit})
+        by_seq = {row.seq: row for row in rows}  # the parts overlap
         return [MessageView.from_row(by_seq[seq]) for seq in sorted(by_seq)]
 
     @staticmethod

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import timedelta
 from decimal import Decimal
 
 from sqlalchemy import select
@@ -79,21 +80,67 @@ async def test_rolled_back_append_leaves_no_trace(db_factory) -> None:  # type: 
         assert await store.verify_totals(db, sid) == {}
 
 
-async def test_turn_lease_is_exclusive_until_released_or_expired(db_factory) -> None:  # type: ignore[no-untyped-def]
+async def test_turn_lease_is_exclusive_until_released(db_factory) -> None:  # type: ignore[no-untyped-def]
     sid = await _session(db_factory)
     first, second = uuid.uuid4(), uuid.uuid4()
     async with db_factory.begin() as db:
-        assert await store.acquire_turn_lease(db, sid, first, 60)
+        started = await store.start_turn(db, sid, "o", first, 60)
+        assert started is not None and started.active_turn_id == first
     async with db_factory.begin() as db:
-        assert not await store.acquire_turn_lease(db, sid, second, 60)
+        assert await store.start_turn(db, sid, "o", second, 60) is None
         assert await store.renew_turn_lease(db, sid, first, 60)
         assert not await store.renew_turn_lease(db, sid, second, 60)
     async with db_factory.begin() as db:
-        await store.release_turn_lease(db, sid, first)
+        await store.append_message(db, sid, role="assistant", turn_id=second, ends_turn=second)
+        assert (await db.get(ChatSession, sid)).active_turn_id == first  # not that turn's lease to free
     async with db_factory.begin() as db:
-        assert await store.acquire_turn_lease(db, sid, second, -1)  # already expired
+        await store.append_message(db, sid, role="assistant", turn_id=first, ends_turn=first)
     async with db_factory.begin() as db:
-        assert await store.acquire_turn_lease(db, sid, first, 60)  # an expired lease can be taken over
+        row = await db.get(ChatSession, sid, populate_existing=True)
+        assert (row.active_turn_id, row.turn_lease_until) == (None, None)
+        assert await store.start_turn(db, sid, "o", second, 60) is not None
+
+
+async def test_start_turn_reserves_the_user_rows_seq_and_returns_the_session(db_factory) -> None:  # type: ignore[no-untyped-def]
+    sid = await _session(db_factory)
+    turn = uuid.uuid4()
+    async with db_factory.begin() as db:
+        await store.append_message(db, sid, role="user", content="earlier")
+        started = await store.start_turn(db, sid, None, turn, 60)
+        assert started is not None
+        assert (started.id, started.owner, started.model, started.next_seq) == (sid, "o", "m", 3)
+        await store.insert_message(db, sid, seq=started.next_seq - 1, role="user", content="now")
+    async with db_factory() as db:
+        rows = (await db.execute(select(ChatMessage).order_by(ChatMessage.seq))).scalars().all()
+        assert [(row.seq, row.content) for row in rows] == [(1, "earlier"), (2, "now")]
+        assert await store.verify_totals(db, sid) == {}
+
+
+async def test_start_turn_refuses_another_owner_and_an_ended_session(db_factory) -> None:  # type: ignore[no-untyped-def]
+    sid = await _session(db_factory)
+    async with db_factory.begin() as db:
+        assert await store.start_turn(db, sid, "someone-else", uuid.uuid4(), 60) is None
+        assert await store.start_turn(db, uuid.uuid4(), None, uuid.uuid4(), 60) is None
+        (await db.get(ChatSession, sid)).status = "ended"
+    async with db_factory.begin() as db:
+        assert await store.start_turn(db, sid, "o", uuid.uuid4(), 60) is None
+        row = await db.get(ChatSession, sid)
+        assert (row.active_turn_id, row.next_seq, row.message_count) == (None, 1, 0)  # nothing moved
+
+
+async def test_a_stale_lease_is_cleared_only_once_it_has_expired(db_factory) -> None:  # type: ignore[no-untyped-def]
+    sid = await _session(db_factory)
+    crashed = uuid.uuid4()
+    async with db_factory.begin() as db:
+        assert await store.start_turn(db, sid, "o", crashed, 60) is not None
+    async with db_factory.begin() as db:
+        now = store.utcnow()
+        assert not await store.clear_stale_lease(db, sid, crashed, expired_before=now)  # still held
+        assert not await store.clear_stale_lease(db, sid, uuid.uuid4(), expired_before=None)  # not its lease
+        later = now + timedelta(seconds=120)
+        assert await store.clear_stale_lease(db, sid, crashed, expired_before=later)
+    async with db_factory.begin() as db:
+        assert await store.start_turn(db, sid, "o", uuid.uuid4(), 60) is not None
 
 
 async def test_verify_totals_reports_a_drifted_counter(db_factory) -> None:  # type: ignore[no-untyped-def]

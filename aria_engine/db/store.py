@@ -7,8 +7,9 @@ Invariants:
 - `append_message` takes `seq` from the session's `next_seq` with `UPDATE ... RETURNING` in the same
   transaction as the INSERT, so seq values are unique and gap-free per session, even across processes.
 - Counters move only by `x = x + :delta`; `verify_totals` checks that they equal the sums over messages.
-- The turn lock is a lease on the session row (`active_turn_id`, `turn_lease_until`), taken and released
-  by conditional UPDATEs: no connection is held for the length of a turn.
+- The turn lock is a lease on the session row (`active_turn_id`, `turn_lease_until`): `start_turn` takes
+  it (and reserves the user row's seq) in one conditional UPDATE, the turn's final `append_message`
+  releases it in its own UPDATE, and no connection is held for the length of a turn.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import BigInteger, DateTime, bindparam, func, insert, or_, select, update
+from sqlalchemy import BigInteger, DateTime, bindparam, case, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from aria_engine.db.models import ChatMessage, ChatSession, utcnow
@@ -27,13 +28,14 @@ from aria_engine.db.types import Money, format_money, to_money
 
 __all__ = [
     "MessageCounters",
-    "acquire_turn_lease",
     "append_message",
     "as_utc",
+    "clear_stale_lease",
+    "insert_message",
     "message_to_dict",
-    "release_turn_lease",
     "renew_turn_lease",
     "session_to_dict",
+    "start_turn",
     "verify_totals",
 ]
 
@@ -63,6 +65,12 @@ _ADVANCE_SESSION = (
     )
     .returning(_SESSIONS.c.next_seq)
 )
+# The turn's last row also frees its lease, in the same statement (if the lease is still this turn's).
+_OWN_LEASE = _SESSIONS.c.active_turn_id == bindparam("ends_turn")
+_ADVANCE_AND_RELEASE = _ADVANCE_SESSION.values(
+    active_turn_id=case((_OWN_LEASE, None), else_=_SESSIONS.c.active_turn_id),
+    turn_lease_until=case((_OWN_LEASE, None), else_=_SESSIONS.c.turn_lease_until),
+)
 _INSERT_MESSAGE = insert(ChatMessage.__table__)
 
 
@@ -74,28 +82,47 @@ async def append_message(
     content: str = "",
     turn_id: uuid.UUID | None = None,
     counters: MessageCounters = MessageCounters(),
+    ends_turn: uuid.UUID | None = None,
     **fields: Any,
 ) -> ChatMessage:
     """Write one message row and move the session counters by its usage, atomically.
 
+    `ends_turn`: this is the turn's final row; release that turn's lease in the same statement.
     Returns the written row as a detached `ChatMessage` (Core statements, no unit of work: this runs
     several times per turn).
     """
     cost = to_money(counters.cost)
-    now = utcnow()
-    advanced = await db.execute(
-        _ADVANCE_SESSION,
-        {
-            "session_id": session_id,
-            "d_input": counters.input_tokens,
-            "d_output": counters.output_tokens,
-            "d_reasoning": counters.reasoning_tokens,
-            "d_total": counters.input_tokens + counters.output_tokens,
-            "d_cost": cost,
-            "now": now,
-        },
-    )
+    params: dict[str, Any] = {
+        "session_id": session_id,
+        "d_input": counters.input_tokens,
+        "d_output": counters.output_tokens,
+        "d_reasoning": counters.reasoning_tokens,
+        "d_total": counters.input_tokens + counters.output_tokens,
+        "d_cost": cost,
+        "now": utcnow(),
+    }
+    statement = _ADVANCE_SESSION
+    if ends_turn is not None:
+        statement, params["ends_turn"] = _ADVANCE_AND_RELEASE, ends_turn
+    advanced = await db.execute(statement, params)
     seq = advanced.scalar_one() - 1
+    return await insert_message(
+        db, session_id, seq=seq, role=role, content=content, turn_id=turn_id, counters=counters, **fields
+    )
+
+
+async def insert_message(
+    db: AsyncSession,
+    session_id: uuid.UUID,
+    *,
+    seq: int,
+    role: str,
+    content: str = "",
+    turn_id: uuid.UUID | None = None,
+    counters: MessageCounters = MessageCounters(),
+    **fields: Any,
+) -> ChatMessage:
+    """Write one message row at a `seq` the caller already took from the session (with its counters)."""
     row = ChatMessage(
         id=uuid.uuid4(),
         session_id=session_id,
@@ -106,8 +133,8 @@ async def append_message(
         input_tokens=counters.input_tokens,
         output_tokens=counters.output_tokens,
         reasoning_tokens=counters.reasoning_tokens,
-        cost=cost,
-        created_at=now,
+        cost=to_money(counters.cost),
+        created_at=utcnow(),
         **fields,
     )
     await db.execute(_INSERT_MESSAGE, [_column_values(row)])
@@ -126,17 +153,6 @@ def _column_values(row: ChatMessage) -> dict[str, Any]:
 
 
 _LEASE_UNTIL = DateTime(timezone=True)
-_ACQUIRE_LEASE = (
-    update(_SESSIONS)
-    .where(
-        _SESSIONS.c.id == bindparam("session_id"),
-        or_(
-            _SESSIONS.c.active_turn_id.is_(None),
-            _SESSIONS.c.turn_lease_until < bindparam("now", type_=_LEASE_UNTIL),
-        ),
-    )
-    .values(active_turn_id=bindparam("turn_id"), turn_lease_until=bindparam("until", type_=_LEASE_UNTIL))
-)
 _RENEW_LEASE = (
     update(_SESSIONS)
     .where(_SESSIONS.c.id == bindparam("session_id"), _SESSIONS.c.active_turn_id == bindparam("turn_id"))
@@ -147,16 +163,61 @@ _RELEASE_LEASE = (
     .where(_SESSIONS.c.id == bindparam("session_id"), _SESSIONS.c.active_turn_id == bindparam("turn_id"))
     .values(active_turn_id=None, turn_lease_until=None)
 )
+_RELEASE_EXPIRED_LEASE = _RELEASE_LEASE.where(
+    _SESSIONS.c.turn_lease_until < bindparam("now", type_=_LEASE_UNTIL)
+)
 
 
-async def acquire_turn_lease(
-    db: AsyncSession, session_id: uuid.UUID, turn_id: uuid.UUID, lease_seconds: float
-) -> bool:
-    """Take the session's turn lock if it is free or its holder's lease ran out."""
+# Starting a turn in one statement: take a free lease and reserve the user row's seq (message_count moves
+# with it: the row is inserted in the same transaction), returning the session the turn needs.
+_START_TURN_VALUES = {
+    "active_turn_id": bindparam("turn_id"),
+    "turn_lease_until": bindparam("until", type_=_LEASE_UNTIL),
+    "next_seq": _SESSIONS.c.next_seq + 1,
+    "message_count": _SESSIONS.c.message_count + 1,
+    "updated_at": bindparam("now", type_=_LEASE_UNTIL),
+}
+_START_TURN = (
+    update(_SESSIONS)
+    .where(
+        _SESSIONS.c.id == bindparam("session_id"),
+        _SESSIONS.c.status == "active",
+        _SESSIONS.c.active_turn_id.is_(None),
+    )
+    .values(_START_TURN_VALUES)
+    .returning(*_SESSIONS.c)
+)
+_START_OWN_TURN = _START_TURN.where(_SESSIONS.c.owner == bindparam("b_owner"))
+# (column name, attribute name) pairs of a session row.
+_SESSION_COLUMNS = tuple(
+    (column.name, ChatSession.__mapper__.get_property_by_column(column).key) for column in _SESSIONS.columns
+)
+
+
+async def start_turn(
+    db: AsyncSession, session_id: uuid.UUID, owner: str | None, turn_id: uuid.UUID, lease_seconds: float
+) -> ChatSession | None:
+    """Take the turn lease of an active, free session and reserve the next seq for the user's row.
+
+    Returns the session as it is after the update (a detached `ChatSession`; the user row's seq is
+    `next_seq - 1`), or None when the session is missing, not the owner's, ended or busy: the caller
+    reads the session to tell which (the slow path, never taken by a normal turn).
+    """
     now = utcnow()
-    params = {"session_id": session_id, "turn_id": turn_id, "now": now, "until": _after(now, lease_seconds)}
-    result = await db.execute(_ACQUIRE_LEASE, params)
-    return result.rowcount == 1  # type: ignore[attr-defined]
+    params: dict[str, Any] = {
+        "session_id": session_id,
+        "turn_id": turn_id,
+        "until": _after(now, lease_seconds),
+        "now": now,
+    }
+    statement = _START_TURN
+    if owner is not None:
+        statement, params["b_owner"] = _START_OWN_TURN, owner
+    row = (await db.execute(statement, params)).first()
+    if row is None:
+        return None
+    mapping = row._mapping
+    return ChatSession(**{key: mapping[name] for name, key in _SESSION_COLUMNS})
 
 
 async def renew_turn_lease(
@@ -167,8 +228,17 @@ async def renew_turn_lease(
     return result.rowcount == 1  # type: ignore[attr-defined]
 
 
-async def release_turn_lease(db: AsyncSession, session_id: uuid.UUID, turn_id: uuid.UUID) -> None:
-    await db.execute(_RELEASE_LEASE, {"session_id": session_id, "turn_id": turn_id})
+async def clear_stale_lease(
+    db: AsyncSession, session_id: uuid.UUID, turn_id: uuid.UUID, *, expired_before: datetime | None
+) -> bool:
+    """Free a lease left by a turn that will not finish (crashed holder). With `expired_before`, only if
+    the lease ran out before that time (another replica may still be renewing it)."""
+    statement = _RELEASE_LEASE
+    params: dict[str, Any] = {"session_id": session_id, "turn_id": turn_id}
+    if expired_before is not None:
+        statement, params["now"] = _RELEASE_EXPIRED_LEASE, expired_before
+    result = await db.execute(statement, params)
+    return result.rowcount == 1  # type: ignore[attr-defined]
 
 
 def _after(now: datetime, seconds: float) -> datetime:
