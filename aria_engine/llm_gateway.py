@@ -46,7 +46,6 @@ from aria_engine.exceptions import (
     CircuitOpen,
     ConfigError,
     LLMError,
-    ProviderTimeout,
     ProviderUnavailable,
     UnknownModel,
 )
@@ -62,6 +61,7 @@ from aria_engine.providers.base import (
     UsageChunk,
 )
 from aria_engine.providers.openai_compatible import OpenAICompatibleProvider, ThinkTagSplitter
+from aria_engine.stream_deadline import END, StreamDeadline
 
 __all__ = [
     "CircuitBreaker",
@@ -77,7 +77,6 @@ SHORTCUT_PROVIDER = "custom"  # the provider ARIA_LLM_BASE_URL / ARIA_LLM_MODEL 
 SHORTCUT_KEY_ENV = "ARIA_LLM_API_KEY"
 _MILLION = Decimal(1_000_000)
 _MAX_BACKOFF = 10.0  # even when a Retry-After asks for more: a chat user is waiting
-_END: Any = object()
 
 
 @dataclass(frozen=True, slots=True)
@@ -388,7 +387,7 @@ class LLMGateway:
             deadline = time.monotonic() + timeouts.total
             upstream = provider.stream(request)
             try:
-                chunk = await _next(upstream, timeouts.first_token, deadline, "first_token")
+                chunk = await _first_chunk(upstream, timeouts.first_token, deadline)
             except LLMError as exc:
                 await _close(upstream)
                 if not exc.retryable:
@@ -423,13 +422,13 @@ class LLMGateway:
         `thinking_opened`: the model's chat template already opened `<think>`, so its content is
         thinking until a `</think>` (which the adapter, never having seen `<think>`, passed through).
         """
-        idle = self.config.timeouts.idle
+        timer = StreamDeadline(idle=self.config.timeouts.idle, deadline=deadline)
         produced: list[str] = []  # only for the usage estimate; references, no copying
         saw_usage = False
         reopen = ThinkTagSplitter(inside=True) if thinking_opened else None
         try:
             yield ModelSelected(info.id)
-            while chunk is not _END:
+            while chunk is not END:
                 for out in _reclassified(chunk, reopen):
                     if isinstance(out, UsageChunk):
                         saw_usage = True
@@ -441,12 +440,13 @@ class LLMGateway:
                     elif isinstance(out, ToolCallDelta):
                         produced.append(out.arguments)
                     yield out
-                chunk = await _next(upstream, idle, deadline, "idle")
+                chunk = await timer.next(upstream)
         except LLMError as exc:
             if exc.retryable:
                 self._breakers[info.provider].failure()
             raise
         finally:
+            timer.close()
             await _close(upstream)
 
     def _estimate_usage(
@@ -645,16 +645,12 @@ def _with_shortcut(catalog: Catalog, config: EngineConfig, env: Mapping[str, str
     return catalog.with_model(config.llm_model, model, SHORTCUT_PROVIDER, provider)
 
 
-async def _next(upstream: AsyncIterator[Chunk], phase_timeout: float, deadline: float, phase: str) -> Any:
-    """The next chunk (or `_END`) within the phase timeout and the total deadline."""
-    remaining = deadline - time.monotonic()
-    if remaining < phase_timeout:
-        phase_timeout, phase = max(remaining, 0.0), "total"
-    with anyio.move_on_after(phase_timeout) as scope:
-        chunk = await anext(upstream, _END)
-    if scope.cancelled_caught:
-        raise ProviderTimeout(phase)
-    return chunk
+async def _first_chunk(upstream: AsyncIterator[Chunk], first_token_seconds: float, deadline: float) -> Any:
+    timer = StreamDeadline(idle=first_token_seconds, deadline=deadline, phase="first_token")
+    try:
+        return await timer.next(upstream)
+    finally:
+        timer.close()
 
 
 def _reclassified(chunk: Chunk, splitter: ThinkTagSplitter | None) -> Iterable[Chunk]:
