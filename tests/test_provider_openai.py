@@ -101,6 +101,15 @@ async def test_no_key_sends_no_authorization(fake_llm: FakeLLM, fake_gateway: LL
     assert "authorization" not in fake_llm.request_headers[0]
 
 
+async def test_calls_reuse_one_provider_connection(fake_llm: FakeLLM, fake_gateway: LLMGateway) -> None:
+    # A stream read to [DONE] must leave its connection in the pool: a new TCP connection per call
+    # costs every turn a connect (and, under load, ephemeral ports).
+    for _ in range(3):
+        await fake_gateway.complete("fake-model", [{"role": "user", "content": "hi"}])
+    assert len(fake_llm.request_clients) == 3
+    assert len(set(fake_llm.request_clients)) == 1
+
+
 async def test_models_can_use_max_completion_tokens(fake_llm: FakeLLM, tmp_path: Path) -> None:
     extra = "  o-style:\n    provider: fake\n    context_window: 1000\n    max_output_tokens: 300\n"
     extra += "    max_tokens_field: max_completion_tokens\n"

@@ -200,12 +200,16 @@ async def _decode(response: httpx.Response) -> AsyncIterator[Chunk]:
     splitter = ThinkTagSplitter()
     usage: UsageChunk | None = None
     finish = "stop"
+    done = False
     async for line in response.aiter_lines():
-        if not line.startswith("data:"):
+        # After [DONE] the body is read to its end rather than abandoned: an unfinished response closes
+        # its connection, and every call would then pay for a new one.
+        if done or not line.startswith("data:"):
             continue  # blank separators, `event:` lines and `: keep-alive` comments
         data = line[5:].strip()
         if data == "[DONE]":
-            break
+            done = True
+            continue
         try:
             payload = orjson.loads(data)
         except orjson.JSONDecodeError as exc:

@@ -304,6 +304,7 @@ class FakeLLM:
         self.default_reply = default_reply or Reply()
         self.requests: list[dict[str, Any]] = []
         self.request_headers: list[dict[str, str]] = []
+        self.request_clients: list[tuple[str, int]] = []  # (host, port) each request came from
         self.disconnects = 0
         self.completed = 0  # streams sent to the end
         self._queue: deque[Script] = deque()
@@ -332,6 +333,7 @@ class FakeLLM:
             self._model_queues.clear()
             self.requests.clear()
             self.request_headers.clear()
+            self.request_clients.clear()
             self.disconnects = 0
             self.completed = 0
 
@@ -429,7 +431,7 @@ class FakeLLM:
             await _respond(send, 400, orjson.dumps({"error": {"message": "invalid JSON"}}))
             return
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        script = self._take(body, headers)
+        script = self._take(body, headers, scope.get("client"))
         if isinstance(script, HTTPError):
             await self._error(send, script)
         elif body.get("stream"):
@@ -437,11 +439,12 @@ class FakeLLM:
         else:
             await self._complete(script, body, send)
 
-    def _take(self, body: dict[str, Any], headers: dict[str, str]) -> Script:
+    def _take(self, body: dict[str, Any], headers: dict[str, str], client: Any) -> Script:
         with self._lock:
             if self.record_requests:
                 self.requests.append(body)
                 self.request_headers.append(headers)
+                self.request_clients.append(tuple(client) if client else ("", 0))
                 self._changed.notify_all()
             queue = self._model_queues.get(str(body.get("model")))
             if queue:
