@@ -69,6 +69,10 @@ class EngineConfig(BaseSettings):
     )
     redis_url: str | None = Field(default=None, validation_alias=_env("REDIS_URL", "redis_url"))
     auto_migrate: bool | None = None  # None: migrate automatically only for SQLite
+    # PostgreSQL connections kept open per process. Every turn uses one briefly at its start and end;
+    # bursts beyond the pool open short-lived overflow connections, which cost a connect each.
+    db_pool_size: int = Field(default=20, ge=1)
+    db_max_overflow: int = Field(default=10, ge=0)
 
     # -- serving -----------------------------------------------------------------------------------
     host: str = "127.0.0.1"

@@ -658,7 +658,7 @@ def _reclassified(chunk: Chunk, splitter: ThinkTagSplitter | None) -> Iterable[C
     if splitter is None:
         return (chunk,)
     if isinstance(chunk, ContentDelta):
-        return list(splitter.feed(chunk.text))
+        return splitter.feed(chunk.text)
     if isinstance(chunk, FinishChunk | UsageChunk):
         return [*splitter.flush(), chunk]
     return (chunk,)

@@ -24,13 +24,16 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 def create_engine(database_url: str, **kwargs: Any) -> AsyncEngine:
+    """`kwargs` go to SQLAlchemy; pool sizes apply to PostgreSQL only (SQLite keeps its own pool)."""
     if database_url.startswith("sqlite"):
         _ensure_sqlite_dir(database_url)
+        kwargs.pop("pool_size", None)
+        kwargs.pop("max_overflow", None)
         engine = create_async_engine(database_url, **kwargs)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
-    kwargs.setdefault("pool_size", 10)
-    kwargs.setdefault("max_overflow", 20)
+    kwargs.setdefault("pool_size", 20)
+    kwargs.setdefault("max_overflow", 10)
     # No pre-ping: it costs a round trip on every checkout (measured at 8-15% of a REST request). A
     # connection the server dropped fails its statement once; SQLAlchemy then invalidates the pool, the
     # request gets a 503 with Retry-After, and the next one reconnects. Recycling bounds connection age.

@@ -20,7 +20,7 @@ iterator leaves the `async with` and closes the HTTP response, which drops the u
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
 import httpx
@@ -60,7 +60,10 @@ class ThinkTagSplitter:
         self._inside = inside  # True when the prompt already opened the <think> block
         self._held = ""
 
-    def feed(self, text: str) -> Iterator[ContentDelta | ThinkingDelta]:
+    def feed(self, text: str) -> Sequence[ContentDelta | ThinkingDelta]:
+        if not self._held and "<" not in text:  # nearly every chunk: nothing to split or hold back
+            return (self._piece(text),) if text else ()
+        pieces: list[ContentDelta | ThinkingDelta] = []
         text = self._held + text
         self._held = ""
         while text:
@@ -68,7 +71,7 @@ class ThinkTagSplitter:
             at = text.find(tag)
             if at >= 0:
                 if at:
-                    yield self._piece(text[:at])
+                    pieces.append(self._piece(text[:at]))
                 self._inside = not self._inside
                 text = text[at + len(tag) :]
                 continue
@@ -77,8 +80,9 @@ class ThinkTagSplitter:
                 self._held = text[-keep:]
                 text = text[:-keep]
             if text:
-                yield self._piece(text)
-            return
+                pieces.append(self._piece(text))
+            break
+        return pieces
 
     def flush(self) -> Iterator[ContentDelta | ThinkingDelta]:
         if self._held:
