@@ -60,6 +60,7 @@ from aria_engine.exceptions import (
 )
 from aria_engine.llm_gateway import ToolCallAssembler
 from aria_engine.providers.base import (
+    Chunk,
     ContentDelta,
     FinishChunk,
     ModelSelected,
@@ -146,6 +147,33 @@ class _Plan:
     schemas: list[dict[str, Any]]
     system_prompt: str
     budget: int
+
+
+class _OpenedCall:
+    """An LLM call whose request is on its way: the first chunk is awaited in a task of its own, so the
+    request overlaps whatever the turn does meanwhile (the first round: its commit and `start`)."""
+
+    __slots__ = ("first", "messages", "offered_tools", "stream", "taken")
+
+    def __init__(
+        self,
+        messages: list[dict[str, Any]],
+        offered_tools: list[dict[str, Any]],
+        stream: AsyncIterator[Chunk],
+    ) -> None:
+        self.messages = messages
+        self.offered_tools = offered_tools
+        self.stream = stream
+        self.first: asyncio.Future[Chunk | None] = asyncio.ensure_future(anext(stream, None))
+        self.taken = False  # `_stream_call` owns it from then on (and closes it)
+
+    async def discard(self) -> None:
+        """Close a call nobody will read: cancel the pending first read, then the stream."""
+        self.first.cancel()
+        await asyncio.wait([self.first])
+        if not self.first.cancelled():
+            self.first.exception()  # retrieved: a failure of a discarded call is not an error
+        await self.stream.aclose()  # type: ignore[attr-defined]
 
 
 @dataclass(slots=True)
@@ -305,15 +333,15 @@ class ChatEngine(SessionManager):
                 for event in replay:
                     yield event
                 return
-        session, plan, user_row, first_messages = await self._begin_turn(
-            sid, owner, content, idempotency_key, control, enable_tools
+        session, plan, user_row, first_call = await self._begin_turn(
+            sid, owner, content, idempotency_key, control, enable_tools, enable_thinking
         )
         info = plan.info
         turn = _Turn(control=control, session_id=sid, agent_id=session.agent_id, model_id=info.id)
         heartbeat = asyncio.create_task(self._renew_lease_forever(turn))
         try:
             yield StartEvent(control.turn_id, turn.next_seq(), str(user_row.id), str(sid), info.id)
-            async for event in self._run_rounds(turn, session, plan, enable_thinking, first_messages):
+            async for event in self._run_rounds(turn, session, plan, enable_thinking, first_call):
                 yield event
             if session.title is None and self.config.title_model:
                 self._spawn(self._generate_title(sid, clean_title(content), content))
@@ -326,6 +354,8 @@ class ChatEngine(SessionManager):
             yield done
         finally:
             heartbeat.cancel()
+            if not first_call.taken:  # the turn ended before its first round began
+                await _shielded(first_call.discard())
 
     async def _begin_turn(
         self,
@@ -335,12 +365,14 @@ class ChatEngine(SessionManager):
         idempotency_key: str | None,
         control: TurnControl,
         enable_tools: bool,
-    ) -> tuple[ChatSession, _Plan, ChatMessage, list[dict[str, Any]]]:
+        enable_thinking: bool,
+    ) -> tuple[ChatSession, _Plan, ChatMessage, _OpenedCall]:
         """Checks that can fail, then the lease and the user row in one transaction.
 
         The normal turn costs three statements before its first LLM call: take the lease (returning the
         session), insert the user row, read the context. Refusals and crashed-turn takeovers go through
-        `_start_refused`.
+        `_start_refused`. The first LLM call is opened while the transaction commits (the request and the
+        commit overlap); if the commit fails, the call is closed and nothing of the turn was emitted.
         """
         turn_id = uuid.UUID(control.turn_id)
         async with self._db_factory.begin() as db:
@@ -368,7 +400,13 @@ class ChatEngine(SessionManager):
             # The first round's context, read in this transaction: one fewer round trip before the
             # first token, and a history that cannot fit fails here, before the turn starts.
             first_messages = await self._context(db, session, plan)
-        return session, plan, user_row, first_messages
+            first_call = self._open_call(session, plan, 0, first_messages, enable_thinking)
+            try:
+                await db.commit()
+            except BaseException:
+                await _shielded(first_call.discard())
+                raise
+        return session, plan, user_row, first_call
 
     async def _start_refused(
         self, db: AsyncSession, sid: uuid.UUID, owner: str | None, turn_id: uuid.UUID
@@ -394,7 +432,7 @@ class ChatEngine(SessionManager):
         info = self.gateway.resolve(session.model)
         use_tools = enable_tools and info.supports_tools and self.config.max_tool_rounds > 0
         schemas = self.tools.schemas(session.agent_id) if use_tools else []
-        schema_tokens = self.gateway.count_tokens(info.id, orjson.dumps(schemas).decode()) if schemas else 0
+        schema_tokens = self._prompt_tokens(info.id, orjson.dumps(schemas).decode()) if schemas else 0
         max_output = session.max_tokens or info.max_output_tokens
         budget = self.context.budget_for(
             context_window_tokens=info.context_window,
@@ -412,7 +450,7 @@ class ChatEngine(SessionManager):
         return _Plan(info, schemas, system_prompt, budget)
 
     def _prompt_tokens(self, model_id: str, prompt: str) -> int:
-        """Token count of a system prompt: the same prompt comes back turn after turn, so count it once."""
+        """Token count of a system prompt or tool schemas: the same text comes back turn after turn."""
         key = (model_id, prompt)
         count = self._prompt_token_cache.get(key)
         if count is None:
@@ -437,27 +475,25 @@ class ChatEngine(SessionManager):
         session: ChatSession,
         plan: _Plan,
         enable_thinking: bool,
-        first_messages: list[dict[str, Any]],
+        first_call: _OpenedCall,
     ) -> AsyncIterator[TurnEvent]:
-        info, schemas = plan.info, plan.schemas
         for round_no in range(self.config.max_tool_rounds + 1):
-            # The last allowed round offers no tools, so the model has to answer in text.
-            offered = schemas if round_no < self.config.max_tool_rounds else []
             if round_no == 0:
-                messages = first_messages  # read in the transaction that wrote the user row
+                call = first_call  # opened while the user row committed
             else:
                 async with self._db_factory() as db:
                     messages = await self._context(db, session, plan)
-            turn.call = _Call(model_id=info.id, messages=messages)
-            async for event in self._stream_call(turn, session, offered, enable_thinking):
+                call = self._open_call(session, plan, round_no, messages, enable_thinking)
+            turn.call = _Call(model_id=plan.info.id, messages=call.messages)
+            async for event in self._stream_call(turn, call):
                 yield event
-            call = turn.call
-            calls = call.tool_calls()
-            if not calls or not offered:
-                yield self._usage_event(turn, self._call_counters(call))
-                yield await self._finish(turn, _finish_reason(call.finish))
+            done_call = turn.call
+            calls = done_call.tool_calls()
+            if not calls or not call.offered_tools:
+                yield self._usage_event(turn, self._call_counters(done_call))
+                yield await self._finish(turn, _finish_reason(done_call.finish))
                 return
-            async for event in self._run_tools(turn, call, calls):
+            async for event in self._run_tools(turn, done_call, calls):
                 yield event
             if turn.output_tokens + turn.input_tokens > self.config.max_turn_tokens or (
                 turn.cost > self.config.max_turn_cost_usd
@@ -471,43 +507,63 @@ class ChatEngine(SessionManager):
                 yield await self._finish(turn, FinishReason.LENGTH)
                 return
 
-    async def _stream_call(
+    def _open_call(
         self,
-        turn: _Turn,
         session: ChatSession,
-        tools: list[dict[str, Any]],
+        plan: _Plan,
+        round_no: int,
+        messages: list[dict[str, Any]],
         enable_thinking: bool,
-    ) -> AsyncIterator[TurnEvent]:
-        call = turn.call
-        assert call is not None
-        turn_id = turn.control.turn_id
+    ) -> _OpenedCall:
+        """Start one LLM call: the request goes out now, its chunks are read by `_stream_call`."""
+        # The last allowed round offers no tools, so the model has to answer in text.
+        offered = plan.schemas if round_no < self.config.max_tool_rounds else []
         stream = self.gateway.stream(
-            call.model_id,
-            call.messages,
-            tools=tools or None,
+            plan.info.id,
+            messages,
+            tools=offered or None,
             temperature=session.temperature,
             max_tokens=session.max_tokens,
             enable_thinking=enable_thinking,
         )
-        async with contextlib.aclosing(stream):  # closing it closes the upstream request at once
-            async for chunk in stream:
-                if isinstance(chunk, ContentDelta):
-                    self._mark_first_output(turn)
-                    call.content.append(chunk.text)
-                    yield TokenEvent(turn_id, turn.next_seq(), chunk.text)
-                elif isinstance(chunk, ThinkingDelta):
-                    self._mark_first_output(turn)
-                    call.thinking.append(chunk.text)
-                    yield ThinkingEvent(turn_id, turn.next_seq(), chunk.text)
-                elif isinstance(chunk, ToolCallDelta):
-                    self._mark_first_output(turn)
-                    call.tool_fragments.add(chunk)
-                elif isinstance(chunk, UsageChunk):
-                    call.usage = chunk
-                elif isinstance(chunk, FinishChunk):
-                    call.finish = chunk.reason
-                elif isinstance(chunk, ModelSelected):
-                    call.model_id = chunk.model_id
+        return _OpenedCall(messages, offered, stream)
+
+    async def _stream_call(self, turn: _Turn, opened: _OpenedCall) -> AsyncIterator[TurnEvent]:
+        call = turn.call
+        assert call is not None
+        opened.taken = True
+        async with contextlib.aclosing(opened.stream):  # closing it closes the upstream request at once
+            try:
+                chunk = await opened.first
+            except asyncio.CancelledError:
+                # The first read may still be unwinding in its task: the stream closes after it.
+                await _shielded(opened.discard())
+                raise
+            while chunk is not None:
+                event = self._on_chunk(turn, call, chunk)
+                if event is not None:
+                    yield event
+                chunk = await anext(opened.stream, None)
+
+    def _on_chunk(self, turn: _Turn, call: _Call, chunk: Chunk) -> TurnEvent | None:
+        if isinstance(chunk, ContentDelta):
+            self._mark_first_output(turn)
+            call.content.append(chunk.text)
+            return TokenEvent(turn.control.turn_id, turn.next_seq(), chunk.text)
+        if isinstance(chunk, ThinkingDelta):
+            self._mark_first_output(turn)
+            call.thinking.append(chunk.text)
+            return ThinkingEvent(turn.control.turn_id, turn.next_seq(), chunk.text)
+        if isinstance(chunk, ToolCallDelta):
+            self._mark_first_output(turn)
+            call.tool_fragments.add(chunk)
+        elif isinstance(chunk, UsageChunk):
+            call.usage = chunk
+        elif isinstance(chunk, FinishChunk):
+            call.finish = chunk.reason
+        elif isinstance(chunk, ModelSelected):
+            call.model_id = chunk.model_id
+        return None
 
     def _mark_first_output(self, turn: _Turn) -> None:
         if turn.ttft_ms is None:

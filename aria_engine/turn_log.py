@@ -116,7 +116,9 @@ class MemoryTurnEventLog(TurnEventLog):
         self.ttl = ttl
         self.max_turns = max_turns
         self.max_events = max_events
-        self._turns: OrderedDict[str, _TurnRecord] = OrderedDict()
+        self._turns: dict[str, _TurnRecord] = {}
+        # Finished turns in the order they finished: pruning pops from the front, O(1) per turn.
+        self._finished: OrderedDict[str, float] = OrderedDict()
         self._cancel_handlers: dict[str, CancelCallback] = {}
 
     def __contains__(self, turn_id: str) -> bool:
@@ -128,6 +130,7 @@ class MemoryTurnEventLog(TurnEventLog):
         if existing is None or existing.finished_at is not None:
             # A finished turn opened again is an idempotent replay: it is logged afresh from seq 1.
             self._turns[turn_id] = _TurnRecord(session_id)
+            self._finished.pop(turn_id, None)
 
     async def append(self, turn_id: str, seq: int, data: str, *, final: bool) -> None:
         record = self._turns.get(turn_id)
@@ -139,6 +142,7 @@ class MemoryTurnEventLog(TurnEventLog):
             del record.events[: len(record.events) // 2]
         if final:
             record.finished_at = time.monotonic()
+            self._finished[turn_id] = record.finished_at
         record.wake()
 
     async def session_of(self, turn_id: str) -> str | None:
@@ -197,15 +201,15 @@ class MemoryTurnEventLog(TurnEventLog):
         return record.finished_at is not None and now - record.finished_at > self.ttl
 
     def _prune(self) -> None:
+        """Drop expired turns, and past `max_turns` the oldest finished ones (running turns are bounded
+        by the running tasks). Oldest first, stopping at the first turn kept: no scan of every turn."""
         now = time.monotonic()
-        for turn_id in [t for t, r in self._turns.items() if self._expired(r, now)]:
-            del self._turns[turn_id]
-        # Past the cap, drop the oldest finished turns; running turns are bounded by the running tasks.
-        excess = len(self._turns) - self.max_turns + 1
-        if excess > 0:
-            finished = [t for t, r in self._turns.items() if r.finished_at is not None][:excess]
-            for turn_id in finished:
-                del self._turns[turn_id]
+        while self._finished:
+            turn_id, finished_at = next(iter(self._finished.items()))
+            if now - finished_at <= self.ttl and len(self._turns) < self.max_turns:
+                return
+            del self._finished[turn_id]
+            self._turns.pop(turn_id, None)
 
 
 _CANCEL_CHANNEL = "aria:turn-cancel"

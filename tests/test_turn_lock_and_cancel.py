@@ -117,6 +117,49 @@ async def test_closing_the_stream_instead_of_cancelling_also_finishes_the_turn(m
     assert (rows[-1].role, rows[-1].content, rows[-1].finish_reason) == ("assistant", "first", "cancelled")
 
 
+async def test_a_turn_closed_at_start_closes_the_already_opened_request(make_engine, fake_llm) -> None:  # type: ignore[no-untyped-def]
+    # The first LLM request goes out while the user row commits, before `start` is seen: a turn that
+    # ends right there must still close that request and finish cleanly.
+    engine = await make_engine()
+    session = await engine.create_session(owner="o")
+    fake_llm.enqueue(Stall(after=0, seconds=30, reply=Reply("never seen")))
+    control = TurnControl()
+    stream = engine.stream_turn(session["id"], "go", owner="o", control=control)
+    assert (await anext(stream)).type == "start"
+    await stream.aclose()
+    assert await asyncio.to_thread(fake_llm.wait_for_disconnects, 1)
+    assert control.final_event is not None and control.final_event.finish_reason == "cancelled"
+    rows = await _rows(engine, session["id"])
+    assert [(r.role, r.finish_reason) for r in rows] == [("user", None), ("assistant", "cancelled")]
+    fake_llm.enqueue(Reply("after"))
+    assert (await engine.send_message(session["id"], "again", owner="o")).content == "after"
+
+
+async def test_cancel_while_waiting_for_the_first_token_closes_the_request(make_engine, fake_llm) -> None:  # type: ignore[no-untyped-def]
+    engine = await make_engine()
+    session = await engine.create_session(owner="o")
+    fake_llm.enqueue(Stall(after=0, seconds=30, reply=Reply("never seen")))
+    control = TurnControl()
+    seen: list = []
+
+    async def consume() -> None:
+        turn = engine.stream_turn(session["id"], "go", owner="o", control=control)
+        async with contextlib.aclosing(turn):
+            async for event in turn:  # after `start`, this waits inside the turn for the first chunk
+                seen.append(event)
+
+    task = asyncio.create_task(consume())
+    await wait_for(lambda: len(seen) == 1)
+    assert await asyncio.to_thread(fake_llm.wait_for_requests, 1)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    assert await asyncio.to_thread(fake_llm.wait_for_disconnects, 1)
+    assert control.final_event is not None and control.final_event.finish_reason == "cancelled"
+    fake_llm.enqueue(Reply("after"))
+    assert (await engine.send_message(session["id"], "again", owner="o")).content == "after"
+
+
 async def test_cancel_while_a_tool_runs_keeps_the_history_well_formed(make_engine, fake_llm) -> None:  # type: ignore[no-untyped-def]
     engine = await make_engine()
     session = await engine.create_session(owner="o")

@@ -68,6 +68,16 @@ async def test_memory_log_keeps_at_most_max_turns_finished_turns_and_expires_the
     assert await expired.session_of("t") is None
 
 
+async def test_a_long_running_turn_does_not_keep_finished_turns_from_being_dropped() -> None:
+    log = MemoryTurnEventLog(max_turns=2)
+    await log.open_turn("running", "s")  # the oldest turn, still streaming
+    for turn in ("a", "b", "c"):
+        await log.open_turn(turn, "s")
+        await _write_turn(log, turn, 1)
+    assert await log.session_of("running") == "s"
+    assert [await log.session_of(turn) for turn in ("a", "b", "c")] == [None, None, "s"]
+
+
 async def test_a_replayed_turn_is_logged_afresh() -> None:
     log = MemoryTurnEventLog()
     await log.open_turn("t", "s")
