@@ -49,7 +49,8 @@ class StreamDeadline:
         if now >= self._deadline:
             raise ProviderTimeout("total")
         self._waiting_since = now
-        self._reader = asyncio.current_task()
+        if self._reader is None:  # one reader task per stream: looked up once, not per chunk
+            self._reader = asyncio.current_task()
         if self._timer is None:
             self._arm(now)
         try:
