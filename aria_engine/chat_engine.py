@@ -727,7 +727,8 @@ class ChatEngine(SessionManager):
             logger.warning("turn failed", extra={"turn_id": turn.control.turn_id, "code": code})
         else:
             code, message = "internal_error", "The engine failed while running this turn."
-            logger.exception("turn crashed", extra={"turn_id": turn.control.turn_id})
+            # exc_info given: this runs in a task of its own (shielded), outside the `except` block.
+            logger.error("turn crashed", exc_info=exc, extra={"turn_id": turn.control.turn_id})
         if isinstance(exc, LLMError | EngineError):
             turn.control.error = exc
         error_event = ErrorEvent(turn.control.turn_id, turn.next_seq(), code, message)

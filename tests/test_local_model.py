@@ -82,3 +82,26 @@ async def test_token_counts_use_the_models_own_tokenizer(local: LLMGateway) -> N
     for text in ("Bonjour, Paris! 123", "naïve café ☕ tokens", "def f(x):\n    return x**2"):
         expected = len(vocab.tokenize(text.encode("utf-8"), add_bos=False, special=False))
         assert local.count_tokens("smollm2", text) == expected
+
+
+async def test_turns_on_the_demo_model_finish_and_free_the_session(tmp_path: Path) -> None:
+    # The engine reads an LLM call's first chunk in a task of its own (overlapping its commit) and the
+    # rest in the turn's task: nothing the adapter holds across chunks may belong to one task.
+    from aria_engine.db.engine import create_engine, create_session_factory
+    from aria_engine.db.migrate import upgrade
+    from tests.plugins.engine import build_engine
+
+    url = f"sqlite+aiosqlite:///{tmp_path / 'aria.db'}"
+    await upgrade(url)
+    config = EngineConfig(models_path=REPO_ROOT / "models.yaml", database_url=url, data_dir=tmp_path)
+    db_engine = create_engine(url)
+    engine = build_engine(config, create_session_factory(db_engine))
+    try:
+        session = await engine.create_session(owner="o", model="smollm2", max_tokens=8, temperature=0)
+        for question in ("Say hi.", "Say bye."):
+            reply = await engine.send_message(session["id"], question, owner="o")
+            assert reply.finish_reason in ("stop", "length")
+            assert reply.content.strip() and reply.output_tokens > 0
+    finally:
+        await engine.gateway.aclose()
+        await db_engine.dispose()

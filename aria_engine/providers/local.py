@@ -7,7 +7,7 @@ makes the engine work out of the box, labelled as such in the catalog.
 Rules kept here:
 - llama.cpp calls block, so every call runs in a worker thread (`anyio.to_thread`), one token step per
   hop, never on the event loop;
-- one model instance, loaded on first use, serves one generation at a time (an `anyio.Lock`): llama.cpp
+- one model instance, loaded on first use, serves one generation at a time (an asyncio lock): llama.cpp
   contexts are not safe to share between concurrent generations;
 - closing the stream stops the generation after the current token;
 - token counts use the model's own tokenizer (a vocab-only instance, cheap to load).
@@ -15,6 +15,7 @@ Rules kept here:
 
 from __future__ import annotations
 
+import asyncio
 import importlib.metadata
 import importlib.util
 import os
@@ -71,7 +72,9 @@ class LocalProvider:
         self._model: Any = None
         self._vocab: Any = None
         self._load_lock = threading.Lock()
-        self._generate_lock = anyio.Lock()
+        # asyncio's lock, not anyio's: the engine may read a stream's first chunk in one task and the rest
+        # in another, and anyio's lock must be released by the task that took it.
+        self._generate_lock = asyncio.Lock()
 
     async def aclose(self) -> None:
         # llama-cpp frees its context when the object is collected; drop our references.
