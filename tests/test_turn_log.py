@@ -78,6 +78,16 @@ async def test_a_long_running_turn_does_not_keep_finished_turns_from_being_dropp
     assert [await log.session_of(turn) for turn in ("a", "b", "c")] == [None, None, "s"]
 
 
+async def test_a_replayed_turn_is_not_pruned_as_the_finished_turn_it_replaces() -> None:
+    log = MemoryTurnEventLog(max_turns=2)
+    await log.open_turn("t", "s")
+    await _write_turn(log, "t", 1)
+    await log.open_turn("t", "s")  # an idempotent replay: running again
+    await log.open_turn("u", "s")
+    await log.open_turn("v", "s")  # at the cap: only finished turns may be dropped, and "t" runs
+    assert [await log.session_of(turn) for turn in ("t", "u", "v")] == ["s", "s", "s"]
+
+
 async def test_a_replayed_turn_is_logged_afresh() -> None:
     log = MemoryTurnEventLog()
     await log.open_turn("t", "s")
