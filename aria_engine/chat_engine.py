@@ -533,12 +533,9 @@ class ChatEngine(SessionManager):
         assert call is not None
         opened.taken = True
         async with contextlib.aclosing(opened.stream):  # closing it closes the upstream request at once
-            try:
-                chunk = await opened.first
-            except asyncio.CancelledError:
-                # The first read may still be unwinding in its task: the stream closes after it.
-                await _shielded(opened.discard())
-                raise
+            # Cancelled while waiting here, this task resumes only once the first read's task has ended
+            # (asyncio cancels the awaited task and waits for it), so closing the stream is safe.
+            chunk = await opened.first
             while chunk is not None:
                 event = self._on_chunk(turn, call, chunk)
                 if event is not None:
