@@ -237,7 +237,12 @@ class Bench:
     def load(
         self, jobs: list[dict[str, Any]], on_ready: Callable[[], None] | None = None
     ) -> list[dict[str, Any]]:
-        return run_loadgens(jobs, self.work_dir / "loadgen.log", on_ready=on_ready)
+        # A job that runs for a set time (the soak: 30 minutes in full mode) gets that time on top of the
+        # usual allowance; a fixed 1,800 s limit ended the full soak exactly at its own length.
+        longest = max((float(job.get("duration") or 0) for job in jobs), default=0.0)
+        return run_loadgens(
+            jobs, self.work_dir / "loadgen.log", on_ready=on_ready, timeout=1800.0 + longest
+        )
 
     def turns(
         self, job: dict[str, Any], processes: int = 1, on_ready: Callable[[], None] | None = None
