@@ -27,6 +27,12 @@ async def _rows(engine, session_id: str) -> list[ChatMessage]:  # type: ignore[n
         return list(result.scalars())
 
 
+async def _assert_session_is_free(engine, session_id: str, fake_llm) -> None:  # type: ignore[no-untyped-def]
+    """The turn lease was released: the next turn on the session runs to completion."""
+    fake_llm.enqueue(Reply("after"))
+    assert (await engine.send_message(session_id, "again", owner="o")).content == "after"
+
+
 async def _consume_until_tokens(stream, n: int, seen: list) -> None:  # type: ignore[no-untyped-def]
     # The documented way to consume a turn: aclosing() closes it even when the cancel lands out here.
     async with contextlib.aclosing(stream):
@@ -97,9 +103,7 @@ async def test_cancel_mid_stream_persists_partial_answer_and_closes_upstream(
     assert rows[-1].finish_reason == reason.value
     assert rows[-1].content.startswith("w1 w2 w3")
     assert rows[-1].output_tokens == done.output_tokens
-    # The lease is free again.
-    fake_llm.enqueue(Reply("after"))
-    assert (await engine.send_message(session["id"], "again", owner="o")).content == "after"
+    await _assert_session_is_free(engine, session["id"], fake_llm)
 
 
 async def test_closing_the_stream_instead_of_cancelling_also_finishes_the_turn(make_engine, fake_llm) -> None:  # type: ignore[no-untyped-def]
@@ -131,8 +135,7 @@ async def test_a_turn_closed_at_start_closes_the_already_opened_request(make_eng
     assert control.final_event is not None and control.final_event.finish_reason == "cancelled"
     rows = await _rows(engine, session["id"])
     assert [(r.role, r.finish_reason) for r in rows] == [("user", None), ("assistant", "cancelled")]
-    fake_llm.enqueue(Reply("after"))
-    assert (await engine.send_message(session["id"], "again", owner="o")).content == "after"
+    await _assert_session_is_free(engine, session["id"], fake_llm)
 
 
 async def test_cancel_while_waiting_for_the_first_token_closes_the_request(make_engine, fake_llm) -> None:  # type: ignore[no-untyped-def]
@@ -156,8 +159,7 @@ async def test_cancel_while_waiting_for_the_first_token_closes_the_request(make_
         await task
     assert await asyncio.to_thread(fake_llm.wait_for_disconnects, 1)
     assert control.final_event is not None and control.final_event.finish_reason == "cancelled"
-    fake_llm.enqueue(Reply("after"))
-    assert (await engine.send_message(session["id"], "again", owner="o")).content == "after"
+    await _assert_session_is_free(engine, session["id"], fake_llm)
 
 
 async def test_cancel_while_a_tool_runs_keeps_the_history_well_formed(make_engine, fake_llm) -> None:  # type: ignore[no-untyped-def]
