@@ -33,6 +33,7 @@ import orjson
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from aria_engine.context_manager import ContextManager, MessageView
 from aria_engine.db import store
 from aria_engine.db.models import ChatMessage, ChatSession, utcnow
 from aria_engine.db.store import MessageCounters
@@ -72,7 +73,6 @@ from aria_engine.sessions import SessionManager, clean_title, load_session, pars
 
 if TYPE_CHECKING:
     from aria_engine.config import EngineConfig
-    from aria_engine.context_manager import ContextManager
     from aria_engine.llm_gateway import LLMGateway, ModelInfo
     from aria_engine.prompts import PromptAssembler
     from aria_engine.tool_registry import ToolRegistry
@@ -369,10 +369,10 @@ class ChatEngine(SessionManager):
     ) -> tuple[ChatSession, _Plan, ChatMessage, _OpenedCall]:
         """Checks that can fail, then the lease and the user row in one transaction.
 
-        The normal turn costs three statements before its first LLM call: take the lease (returning the
-        session), insert the user row, read the context. Refusals and crashed-turn takeovers go through
-        `_start_refused`. The first LLM call is opened while the transaction commits (the request and the
-        commit overlap); if the commit fails, the call is closed and nothing of the turn was emitted.
+        The normal turn costs two statements before its first LLM call: take the lease (returning the
+        session, its user seq reserved) and read the history. The call is then opened, and the user row
+        is inserted and committed while its request is on the way; if that fails, the call is closed and
+        nothing of the turn was emitted. Refusals and crashed-turn takeovers go through `_start_refused`.
         """
         turn_id = uuid.UUID(control.turn_id)
         async with self._db_factory.begin() as db:
@@ -380,33 +380,48 @@ class ChatEngine(SessionManager):
             if session is None:
                 session = await self._start_refused(db, sid, owner, turn_id)
             plan = self._plan(session, content, enable_tools)
-            user_row = await store.insert_message(
-                db,
-                sid,
-                seq=session.next_seq - 1,
-                role="user",
-                content=content,
-                turn_id=turn_id,
-                idempotency_key=idempotency_key,
-            )
-            if session.title is None:
-                # The object keeps title None (no in-session sync): it tells the turn this is the first.
-                await db.execute(
-                    update(ChatSession)
-                    .where(ChatSession.id == sid)
-                    .values(title=clean_title(content))
-                    .execution_options(synchronize_session=False)
-                )
-            # The first round's context, read in this transaction: one fewer round trip before the
-            # first token, and a history that cannot fit fails here, before the turn starts.
-            first_messages = await self._context(db, session, plan)
+            user_seq = session.next_seq - 1
+            # The lease is held, so no other writer: the history read now is the one the first round
+            # would read after the insert, and a history that cannot fit fails here, before the turn.
+            first_messages = await self._context(db, session, plan, MessageView(user_seq, "user", content))
             first_call = self._open_call(session, plan, 0, first_messages, enable_thinking)
             try:
+                user_row = await self._write_user_row(
+                    db, session, user_seq, content, turn_id, idempotency_key
+                )
                 await db.commit()
             except BaseException:
                 await _shielded(first_call.discard())
                 raise
         return session, plan, user_row, first_call
+
+    @staticmethod
+    async def _write_user_row(
+        db: AsyncSession,
+        session: ChatSession,
+        seq: int,
+        content: str,
+        turn_id: uuid.UUID,
+        idempotency_key: str | None,
+    ) -> ChatMessage:
+        user_row = await store.insert_message(
+            db,
+            session.id,
+            seq=seq,
+            role="user",
+            content=content,
+            turn_id=turn_id,
+            idempotency_key=idempotency_key,
+        )
+        if session.title is None:
+            # The object keeps title None (no in-session sync): it tells the turn this is the first.
+            await db.execute(
+                update(ChatSession)
+                .where(ChatSession.id == session.id)
+                .values(title=clean_title(content))
+                .execution_options(synchronize_session=False)
+            )
+        return user_row
 
     async def _start_refused(
         self, db: AsyncSession, sid: uuid.UUID, owner: str | None, turn_id: uuid.UUID
@@ -459,7 +474,9 @@ class ChatEngine(SessionManager):
             count = self._prompt_token_cache[key] = self.gateway.count_tokens(model_id, prompt)
         return count
 
-    async def _context(self, db: AsyncSession, session: ChatSession, plan: _Plan) -> list[dict[str, Any]]:
+    async def _context(
+        self, db: AsyncSession, session: ChatSession, plan: _Plan, new_user_message: MessageView | None = None
+    ) -> list[dict[str, Any]]:
         return await self.context.build(
             db,
             session_id=session.id,
@@ -467,6 +484,7 @@ class ChatEngine(SessionManager):
             context_window=session.context_window,
             budget_tokens=plan.budget,
             system_prompt=plan.system_prompt,
+            new_user_message=new_user_message,
         )
 
     async def _run_rounds(

@@ -78,9 +78,10 @@ _COLUMNS = (
 )
 
 
-def _context_rows_statement() -> CompoundSelect:
-    """The statement behind `ContextManager.read_rows`, built once (constructing it costs more than
-    running it). Parameters: `session_id`, `limit`."""
+def _context_rows_statement(*, this_turn_rows: bool) -> CompoundSelect:
+    """The statements behind `ContextManager.read_rows`, built once (constructing one costs more than
+    running it). Parameters: `session_id`, `limit`. Without `this_turn_rows`, the history before a user
+    message that is not written yet."""
     in_session = ChatMessage.session_id == bindparam("session_id")
     is_user = ChatMessage.role == "user"
     limit = bindparam("limit", type_=Integer)
@@ -103,10 +104,12 @@ def _context_rows_statement() -> CompoundSelect:
         .order_by(ChatMessage.seq)
         .limit(MAX_CONTEXT_MESSAGES)
     )
-    return union_all(*(select(part.subquery()) for part in (newest, first_user, this_turn)))
+    parts = (newest, first_user, this_turn) if this_turn_rows else (newest, first_user)
+    return union_all(*(select(part.subquery()) for part in parts))
 
 
-_CONTEXT_ROWS = _context_rows_statement()
+_CONTEXT_ROWS = _context_rows_statement(this_turn_rows=True)
+_HISTORY_ROWS = _context_rows_statement(this_turn_rows=False)
 
 
 @dataclass(slots=True, frozen=True)
@@ -181,9 +184,21 @@ class ContextManager:
         context_window: int,
         budget_tokens: int,
         system_prompt: str,
+        new_user_message: MessageView | None = None,
     ) -> list[dict[str, Any]]:
-        """System message first, then the kept history oldest to newest. One SQL statement."""
-        rows = await self.read_rows(db, session_id=session_id, context_window=context_window)
+        """System message first, then the kept history oldest to newest. One SQL statement.
+
+        `new_user_message` is a turn's user row before it is written (its seq already reserved): the
+        context is then the one the database would give once it is, so the row's INSERT can wait.
+        """
+        rows = await self.read_rows(
+            db,
+            session_id=session_id,
+            context_window=context_window,
+            this_turn_rows=new_user_message is None,
+        )
+        if new_user_message is not None:
+            rows.append(new_user_message)
         return self.fit(
             {"role": "system", "content": system_prompt}, rows, budget_tokens, self.counter(model_id)
         )
@@ -208,16 +223,21 @@ class ContextManager:
         return count
 
     @staticmethod
-    async def read_rows(db: AsyncSession, *, session_id: uuid.UUID, context_window: int) -> list[MessageView]:
+    async def read_rows(
+        db: AsyncSession, *, session_id: uuid.UUID, context_window: int, this_turn_rows: bool = True
+    ) -> list[MessageView]:
         """The rows a context can use, oldest first, in one statement whatever the history holds.
 
         Three index range scans on (session_id, seq), each with its own LIMIT, `UNION ALL`ed (one
         statement, so a turn's SQL count never depends on the history): the newest `context_window` rows,
         the first user row, and the current turn (the newest user row and everything after it, so a
-        small window cannot push this turn's question out from under its own tool rounds).
+        small window cannot push this turn's question out from under its own tool rounds). Without
+        `this_turn_rows`, the first two only: the history before a user row not written yet, whose seq
+        `next_seq` already counts.
         """
         limit = min(max(1, context_window), MAX_CONTEXT_MESSAGES)
-        rows = await db.execute(_CONTEXT_ROWS, {"session_id": session_id, "limit": limit})
+        statement = _CONTEXT_ROWS if this_turn_rows else _HISTORY_ROWS
+        rows = await db.execute(statement, {"session_id": session_id, "limit": limit})
         by_seq = {row.seq: row for row in rows}  # the parts overlap
         return [MessageView.from_row(by_seq[seq]) for seq in sorted(by_seq)]
 

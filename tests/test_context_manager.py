@@ -464,6 +464,35 @@ async def test_build_keeps_the_current_turn_even_beyond_a_small_window(
     assert [m["content"] for m in messages[4:]] == ["4", "6"]
 
 
+@pytest.mark.parametrize("window", [1, 2, 5, 50])
+@pytest.mark.parametrize("history", [0, 1, 6, 9])
+async def test_a_user_message_not_yet_written_gets_the_context_it_will_have_once_written(
+    db_factory: async_sessionmaker[AsyncSession], window: int, history: int
+) -> None:
+    """The turn reads its first context before inserting the user row (the insert overlaps the LLM
+    request); that context must be exactly the one read after the insert."""
+    rows = conversation(history)
+    if history == 9:  # the last turn ended in a tool round
+        rows = conversation(7)
+        rows.append({"role": "assistant", "content": "", "tool_calls": [call("t")]})
+        rows.append({"role": "tool", "content": "42", "tool_call_id": "t", "tool_name": "calculate"})
+    async with db_factory() as db:
+        session_id = await make_session(db, rows)
+        session = await db.get(ChatSession, session_id)
+        assert session is not None
+        seq = session.next_seq
+        session.next_seq += 1  # the seq `start_turn` reserves
+        await db.commit()
+    pending = MessageView(seq, "user", "and now?")
+    before = await build(db_factory, session_id, context_window=window, new_user_message=pending)
+    async with db_factory() as db:
+        db.add(ChatMessage(id=uuid.uuid4(), session_id=session_id, seq=seq, role="user", content="and now?"))
+        await db.commit()
+    after = await build(db_factory, session_id, context_window=window)
+    assert before == after
+    assert after[-1] == {"role": "user", "content": "and now?"}
+
+
 async def test_build_respects_the_token_budget(db_factory: async_sessionmaker[AsyncSession]) -> None:
     async with db_factory() as db:
         session_id = await make_session(db, conversation(39))

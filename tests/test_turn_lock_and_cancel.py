@@ -7,7 +7,8 @@ import contextlib
 import uuid
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
+from sqlalchemy.exc import IntegrityError
 
 from aria_engine.db import store
 from aria_engine.db.models import ChatMessage, ChatSession
@@ -135,6 +136,31 @@ async def test_a_turn_closed_at_start_closes_the_already_opened_request(make_eng
     assert control.final_event is not None and control.final_event.finish_reason == "cancelled"
     rows = await _rows(engine, session["id"])
     assert [(r.role, r.finish_reason) for r in rows] == [("user", None), ("assistant", "cancelled")]
+    await _assert_session_is_free(engine, session["id"], fake_llm)
+
+
+async def test_a_user_row_that_fails_to_write_closes_the_request_and_leaves_no_trace(
+    make_engine, fake_llm
+) -> None:  # type: ignore[no-untyped-def]
+    # The first request goes out before the user row is inserted; a failed insert (here a row already
+    # holding the seq the turn reserves) must close it, write nothing and keep the session free.
+    engine = await make_engine()
+    session = await engine.create_session(owner="o")
+    sid = uuid.UUID(session["id"])
+    async with engine.db_factory.begin() as db:
+        next_seq = (await db.get(ChatSession, sid)).next_seq
+        db.add(ChatMessage(id=uuid.uuid4(), session_id=sid, seq=next_seq, role="user", content="squatter"))
+    fake_llm.enqueue(Stall(after=0, seconds=30, reply=Reply("never seen")))
+    with pytest.raises(IntegrityError):
+        await anext(engine.stream_turn(session["id"], "go", owner="o"))
+    if await asyncio.to_thread(fake_llm.wait_for_requests, 1, 2.0):  # it may not have been sent yet
+        assert await asyncio.to_thread(fake_llm.wait_for_disconnects, 1)
+    assert [r.content for r in await _rows(engine, session["id"])] == ["squatter"]
+    async with engine.db_factory.begin() as db:
+        stored = await db.get(ChatSession, sid)
+        assert (stored.next_seq, stored.active_turn_id, stored.title) == (next_seq, None, None)
+        await db.execute(delete(ChatMessage).where(ChatMessage.session_id == sid))
+    fake_llm.reset()
     await _assert_session_is_free(engine, session["id"], fake_llm)
 
 
