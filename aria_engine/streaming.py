@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -78,6 +78,7 @@ class _TurnRun:
     done: bool = False
     turn_id: str = ""
     started: asyncio.Future[str] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    on_start: Callable[[str], None] | None = None
 
 
 def _encode(data: dict[str, Any]) -> str:
@@ -148,15 +149,19 @@ class StreamManager:
         enable_thinking: bool = False,
         enable_tools: bool = True,
         idempotency_key: str | None = None,
+        on_start: Callable[[str], None] | None = None,
     ) -> str:
         """Start a turn task; returns its turn_id once `start` is logged.
 
         Errors raised before the turn starts (busy, ended, unknown model, ...) are raised here.
+        `on_start(turn_id)` is called in the turn task as soon as `start` is logged, before the turn
+        reads on: a socket that starts its forwarder there sends `start` and the first token without
+        waiting for this call to return (which takes a few loop passes).
         """
         if self._closing:
             raise EngineUnavailable("The server is shutting down.")
         control = TurnControl()
-        run = _TurnRun()
+        run = _TurnRun(on_start=on_start)
         events = self.engine.stream_turn(
             session_id,
             content,
@@ -254,8 +259,19 @@ class StreamManager:
             )
             await self._append(run, first, owner)
             run.started.set_result(run.turn_id)
+            if run.on_start is not None:
+                run.on_start(run.turn_id)
+            # One loop pass after `start` and one after the event that follows it, for the sockets to
+            # send them: a provider's first chunks often arrive together, and the first token would
+            # otherwise go out only once the whole burst is logged. Later events go out in batches,
+            # which costs less per token.
+            await asyncio.sleep(0)
+            first_output = True
             async for event in events:
                 await self._append(run, event, owner)
+                if first_output:
+                    first_output = False
+                    await asyncio.sleep(0)
         except asyncio.CancelledError:
             # Close the turn first, so the engine persists the partial and leaves its own `done` (with
             # the message id and usage) in `control` even when the cancel landed out here, in an append.
@@ -447,13 +463,14 @@ class _Connection:
             if self.manager.limiter is not None:
                 await self.manager.limiter.hit(self.owner)
                 await self.manager.limiter.check_tokens(self.owner)
-            turn_id = await self.manager.start_turn(
+            await self.manager.start_turn(
                 self.session_id,
                 self.owner,
                 content,
                 enable_thinking=bool(payload.get("enable_thinking", False)),
                 enable_tools=bool(payload.get("enable_tools", True)),
                 idempotency_key=key,
+                on_start=self._on_turn_started,
             )
         except RateLimited as exc:
             await self._send(
@@ -471,6 +488,8 @@ class _Connection:
         except EngineError as exc:
             await self._send(_error_frame(exc.code, exc.message))
             return
+
+    def _on_turn_started(self, turn_id: str) -> None:
         self._own_turns.append(turn_id)
         self._follow(turn_id, 0)
 

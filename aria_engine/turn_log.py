@@ -96,17 +96,25 @@ class _TurnRecord:
     session_id: str
     events: list[LoggedEvent] = field(default_factory=list)
     finished_at: float | None = None
-    waiter: asyncio.Future[None] | None = None
+    # One future per waiting follower (no shared, shielded future: waking one costs one loop pass).
+    waiters: list[asyncio.Future[None]] = field(default_factory=list)
 
     def wake(self) -> None:
-        if self.waiter is not None and not self.waiter.done():
-            self.waiter.set_result(None)
-        self.waiter = None
+        """Wake the followers waiting for an event."""
+        waiters, self.waiters = self.waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     async def wait(self) -> None:
-        if self.waiter is None:
-            self.waiter = asyncio.get_running_loop().create_future()
-        await asyncio.shield(self.waiter)
+        waiter = asyncio.get_running_loop().create_future()
+        self.waiters.append(waiter)
+        try:
+            await waiter
+        finally:
+            if waiter.cancelled():  # the follower went away; `wake` may have taken the list already
+                with contextlib.suppress(ValueError):
+                    self.waiters.remove(waiter)
 
 
 class MemoryTurnEventLog(TurnEventLog):

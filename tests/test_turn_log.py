@@ -44,6 +44,38 @@ async def test_memory_log_replays_after_any_seq_then_follows_live() -> None:
     assert await log.session_of("t1") == "s1"
 
 
+async def test_a_waiting_follower_has_each_event_after_one_loop_pass() -> None:
+    # The turn task yields once after `start` and once after the first token for the sockets to send
+    # them (streaming.py); that works only if one pass of the loop is enough to wake a follower.
+    log = MemoryTurnEventLog()
+    await log.open_turn("t1", "s1")
+    seen: list[int] = []
+
+    async def follow() -> None:
+        async for event in log.follow("t1", 0):
+            seen.append(event.seq)
+
+    follower = asyncio.create_task(follow())
+    await asyncio.sleep(0)  # the follower is now waiting for the first event
+    for seq in (1, 2, 3):
+        await log.append("t1", seq, "{}", final=seq == 3)
+        await asyncio.sleep(0)
+        assert seen == list(range(1, seq + 1))
+    await follower
+
+
+async def test_followers_that_leave_do_not_stay_registered() -> None:
+    log = MemoryTurnEventLog()
+    await log.open_turn("t1", "s1")
+    followers = [asyncio.create_task(_collect(log, "t1", 0)) for _ in range(100)]
+    await asyncio.sleep(0)
+    assert len(log._turns["t1"].waiters) == 100
+    for task in followers:
+        task.cancel()
+    await asyncio.gather(*followers, return_exceptions=True)
+    assert log._turns["t1"].waiters == []  # bounded by the sockets following now, not ever
+
+
 async def test_memory_log_refuses_unknown_turns_and_trimmed_ranges() -> None:
     log = MemoryTurnEventLog(max_events=10)
     with pytest.raises(TurnNotFound):

@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import orjson
 import pytest
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from websockets.exceptions import ConnectionClosed
 
+from aria_engine.streaming import StreamManager
 from aria_engine.testing.fake_llm import FakeLLM, Reply, Stall, ToolCall
+from aria_engine.turn_log import MemoryTurnEventLog
 from tests.plugins.live_server import (
     LiveServer,
     assert_totals_match,
@@ -242,3 +245,24 @@ async def test_a_repeated_idempotency_key_replays_the_turn_without_a_new_llm_cal
     assert "".join(e["content"] for e in again if e["type"] == "token") == "Said once."
     assert len(fake_llm.requests) == 1
     assert len(await _messages(live_server, session_id)) == 2
+
+
+async def test_on_start_runs_when_start_is_logged_before_the_turn_reads_on(make_engine, fake_llm) -> None:  # type: ignore[no-untyped-def]
+    # A socket starts forwarding its turn from `on_start`, so `start` and the first token go out while
+    # the provider's answer is still being read, not once `start_turn` has returned.
+    engine = await make_engine()
+    log = MemoryTurnEventLog()
+    manager = StreamManager(engine, engine.config, log)
+    session = await engine.create_session(owner="o")
+    fake_llm.enqueue(Reply("one two three four"))  # the whole answer is ready at once
+    logged_at_start: list[list[str]] = []
+
+    def on_start(turn_id: str) -> None:
+        logged_at_start.append([orjson.loads(e.data)["type"] for e in log._turns[turn_id].events])
+
+    turn_id = await manager.start_turn(session["id"], "o", "hi", on_start=on_start)
+    assert logged_at_start == [["start"]]
+    events = [orjson.loads(e.data) async for e in log.follow(turn_id, 0)]
+    assert "".join(e["content"] for e in events if e["type"] == "token") == "one two three four"
+    assert events[-1]["type"] == "done"
+    await manager.aclose()
