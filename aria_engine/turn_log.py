@@ -101,6 +101,8 @@ class _TurnRecord:
 
     def wake(self) -> None:
         """Wake the followers waiting for an event."""
+        if not self.waiters:  # the common case while a burst is logged: no list built per event
+            return
         waiters, self.waiters = self.waiters, []
         for waiter in waiters:
             if not waiter.done():
