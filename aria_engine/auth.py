@@ -15,15 +15,17 @@ anywhere. Nothing here imports FastAPI.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import ipaddress
 import secrets
 import time
 import uuid
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import exists, select, update
 
@@ -166,15 +168,31 @@ class Authenticator:
         self._max_keys = max_keys
         self._open_mode: tuple[bool, float] | None = None  # (value, expires at)
         self._principals: OrderedDict[str, tuple[str | None, float]] = OrderedDict()
+        # Reads in flight, by key: callers that miss the cache together share one read. Without this,
+        # each expiry under load sent one identical query per concurrent request (64 at 64 clients),
+        # all queueing for pooled connections. Bounded by the requests in flight.
+        self._reading: dict[str, asyncio.Future[Any]] = {}
 
     async def open_mode(self) -> bool:
+        cached = self._open_mode
+        if cached is not None and cached[1] > time.monotonic():
+            return cached[0]
+        open_mode: bool = await self._read_once("open-mode", self._read_open_mode)
+        return open_mode
+
+    async def _read_open_mode(self) -> bool:
         now = time.monotonic()
-        if self._open_mode is not None and self._open_mode[1] > now:
-            return self._open_mode[0]
         async with self._db_factory() as db:
             active = await db.scalar(select(exists().where(ApiKey.revoked_at.is_(None))))
         self._open_mode = (not active, now + self._cache_seconds)
         return not active
+
+    async def _read_once(self, key: str, read: Callable[[], Awaitable[Any]]) -> Any:
+        reading = self._reading.get(key)
+        if reading is None:
+            reading = self._reading[key] = asyncio.ensure_future(read())
+            reading.add_done_callback(lambda _: self._reading.pop(key, None))
+        return await asyncio.shield(reading)  # one caller going away does not cancel the others' read
 
     async def principal_for(self, bearer: str | None) -> str:
         """The principal of this key; raises AuthError if it is missing, unknown or revoked."""
@@ -188,10 +206,14 @@ class Authenticator:
         raise AuthError()
 
     async def _lookup(self, key_hash: str) -> str | None:
-        now = time.monotonic()
         cached = self._principals.get(key_hash)
-        if cached is not None and cached[1] > now:
+        if cached is not None and cached[1] > time.monotonic():
             return cached[0]
+        principal: str | None = await self._read_once(key_hash, lambda: self._read_principal(key_hash))
+        return principal
+
+    async def _read_principal(self, key_hash: str) -> str | None:
+        now = time.monotonic()
         async with self._db_factory() as db:
             principal = await db.scalar(
                 select(ApiKey.principal).where(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None))

@@ -11,10 +11,11 @@ from typing import Any
 import orjson
 import pytest
 from click.testing import CliRunner
+from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from aria_engine.auth import create_key, hash_key, revoke_key
+from aria_engine.auth import Authenticator, create_key, hash_key, revoke_key
 from aria_engine.cli import cli
 from aria_engine.config import EngineConfig
 from aria_engine.db.models import ApiKey
@@ -282,3 +283,26 @@ async def test_key_lookups_are_cached_for_the_configured_time_then_reread(
             await asyncio.sleep(0.05)
     assert statuses[-1] == 401
     assert set(statuses) <= {200, 401}
+
+
+async def test_concurrent_lookups_that_miss_the_cache_share_one_query(db_factory: Factory) -> None:
+    # When the cache expires under load, 64 waiting requests must not send 64 identical queries.
+    key, _info = await create_key(db_factory, "alice")
+    authenticator = Authenticator(db_factory, cache_seconds=60)
+    seen: list[str] = []
+
+    def record(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if "api_keys" in statement:
+            seen.append(statement)
+
+    engine = db_factory.kw["bind"].sync_engine
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        principals = await asyncio.gather(*(authenticator.principal_for(key) for _ in range(64)))
+        open_modes = await asyncio.gather(*(authenticator.open_mode() for _ in range(64)))
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    assert principals == ["alice"] * 64
+    assert open_modes == [False] * 64
+    assert len(seen) == 2  # one per kind of lookup
+    assert authenticator._reading == {}  # nothing left in flight
