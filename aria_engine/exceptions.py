@@ -18,7 +18,8 @@
     │   │   └── CircuitOpen          circuit_open     503 (retry_after)
     │   ├── ProviderTimeout          provider_timeout 504 (retryable; phase = connect|first_token|idle|total)
     │   └── ProviderRejected         provider_rejected 502 (4xx from upstream: not retryable)
-    └── EngineUnavailable            engine_unavailable 503 (database down, shutting down)
+    └── EngineUnavailable            engine_unavailable 503 (retry_after; shutting down, starting)
+        └── DatabaseUnavailable      engine_unavailable 503 (no free connection in time, database down)
 
 `message` is always safe to show a client: it never contains upstream or internal exception text.
 The original exception is kept as `__cause__` (raise ... from exc) and goes to the server log only.
@@ -30,6 +31,7 @@ __all__ = [
     "AuthError",
     "CircuitOpen",
     "ConfigError",
+    "DatabaseUnavailable",
     "EngineError",
     "EngineUnavailable",
     "Forbidden",
@@ -177,3 +179,10 @@ class EngineUnavailable(EngineError):
     code = "engine_unavailable"
     default_message = "The engine is temporarily unavailable."
     retry_after = 5.0
+
+
+class DatabaseUnavailable(EngineUnavailable):
+    """The database did not serve the request: the connection pool stayed exhausted past its timeout
+    (overload) or the server is unreachable. Worth a retry (see `is_transient_database_error`)."""
+
+    default_message = "The database is busy or unreachable; try again shortly."

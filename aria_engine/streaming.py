@@ -37,8 +37,14 @@ import orjson
 from starlette.status import WS_1009_MESSAGE_TOO_BIG
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
+from aria_engine.db.engine import is_transient_database_error
 from aria_engine.events import DoneEvent, ErrorEvent, FinishReason, TurnControl, TurnEvent
-from aria_engine.exceptions import EngineError, EngineUnavailable, RateLimited, SessionBusy
+from aria_engine.exceptions import (
+    DatabaseUnavailable,
+    EngineError,
+    EngineUnavailable,
+    SessionBusy,
+)
 from aria_engine.turn_log import TurnEventLog, TurnNotFound
 
 if TYPE_CHECKING:
@@ -85,8 +91,8 @@ def _encode(data: dict[str, Any]) -> str:
     return orjson.dumps(data).decode()
 
 
-def _error_frame(code: str, message: str, turn_id: str | None = None) -> str:
-    return _encode({"type": "error", "turn_id": turn_id, "code": code, "message": message})
+def _error_frame(code: str, message: str, turn_id: str | None = None, **extra: Any) -> str:
+    return _encode({"type": "error", "turn_id": turn_id, "code": code, "message": message, **extra})
 
 
 class StreamManager:
@@ -328,6 +334,9 @@ class StreamManager:
 
 
 def _internal(exc: BaseException) -> EngineError:
+    if is_transient_database_error(exc):  # overload or outage: the client should retry, not report a bug
+        logger.warning("turn refused before start: database unavailable (%s)", type(exc).__name__)
+        return DatabaseUnavailable()
     logger.error("turn failed before start", exc_info=exc)
     error = EngineError("The turn could not be started.")
     error.code = "internal_error"
@@ -472,22 +481,10 @@ class _Connection:
                 idempotency_key=key,
                 on_start=self._on_turn_started,
             )
-        except RateLimited as exc:
-            await self._send(
-                _encode(
-                    {
-                        "type": "error",
-                        "turn_id": None,
-                        "code": exc.code,
-                        "message": exc.message,
-                        "retry_after": exc.retry_after,
-                    }
-                )
-            )
-            return
         except EngineError as exc:
-            await self._send(_error_frame(exc.code, exc.message))
-            return
+            # retry_after: rate limited, or the database is overloaded or down
+            extra = {} if exc.retry_after is None else {"retry_after": exc.retry_after}
+            await self._send(_error_frame(exc.code, exc.message, **extra))
 
     def _on_turn_started(self, turn_id: str) -> None:
         self._own_turns.append(turn_id)

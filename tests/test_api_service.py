@@ -12,7 +12,15 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from aria_engine.config import EngineConfig
 from aria_engine.testing.fake_llm import FakeLLM, Reply, Stall, Usage
 from tests.conftest import run_admin_sql
-from tests.plugins.live_server import LiveServer, assert_totals_match, read_turn, read_until, send_json, serve
+from tests.plugins.live_server import (
+    LiveServer,
+    assert_totals_match,
+    read_turn,
+    read_until,
+    recv_json,
+    send_json,
+    serve,
+)
 
 CHAT = "/api/engine/chat"
 
@@ -51,6 +59,50 @@ async def test_ready_is_503_with_retry_after_while_the_database_refuses_connecti
     assert response.json()["error"]["code"] == "engine_unavailable"
     assert int(response.headers["Retry-After"]) >= 1
     assert recovered.status_code == 200
+
+
+async def test_requests_during_a_database_outage_get_503_engine_unavailable_and_recover(
+    start_server: Callable[[EngineConfig], LiveServer],
+    api_config: Callable[..., EngineConfig],
+    database_url: str,
+    fake_llm: FakeLLM,
+) -> None:
+    # Overload (no pooled connection free in time) and outages are the client's cue to retry: 503 with
+    # Retry-After on REST, an `engine_unavailable` frame with retry_after on the socket; never a 500.
+    if database_url.startswith("sqlite"):
+        pytest.skip("the outage is made with PostgreSQL's ALLOW_CONNECTIONS; SQLite has no server to stop")
+    server = start_server(api_config())
+    name = make_url(database_url).database
+    admin = make_url(database_url).set(database="postgres").render_as_string(hide_password=False)
+    async with server.client() as http:
+        session_id = (await http.post(f"{CHAT}/sessions", json={})).json()["id"]
+        async with server.websocket(session_id) as ws:
+            try:
+                run_admin_sql(
+                    admin,
+                    f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false',
+                    f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'",
+                )
+                sent = await http.post(f"{CHAT}/sessions/{session_id}/messages", json={"content": "hi"})
+                listed = await http.get(f"{CHAT}/sessions")
+                await send_json(ws, {"type": "message", "content": "hi"})
+                frame = await recv_json(ws)
+            finally:
+                run_admin_sql(admin, f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+        for response in (sent, listed):
+            assert response.status_code == 503, response.text
+            assert response.json()["error"]["code"] == "engine_unavailable"
+            assert int(response.headers["Retry-After"]) >= 1
+        assert (frame["type"], frame["code"]) == ("error", "engine_unavailable")
+        assert frame["retry_after"] > 0
+        assert "asyncpg" not in str(frame) and "asyncpg" not in sent.text  # no internal text
+        fake_llm.enqueue(Reply("back"))
+        for _ in range(3):  # a pooled connection the outage killed fails once, then the pool reconnects
+            recovered = await http.post(f"{CHAT}/sessions/{session_id}/messages", json={"content": "again"})
+            if recovered.status_code != 503:
+                break
+    assert recovered.status_code == 200, recovered.text
+    assert recovered.json()["content"] == "back"
 
 
 async def test_metrics_count_requests_and_turns(live_server: LiveServer, fake_llm: FakeLLM) -> None:

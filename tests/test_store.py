@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import uuid
 from datetime import timedelta
 from decimal import Decimal
 
+import pytest
+from sqlalchemy import exc as sa_exc
 from sqlalchemy import select
+from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.pool import AsyncAdaptedQueuePool
 
 from aria_engine.db import store
+from aria_engine.db.engine import is_transient_database_error
 from aria_engine.db.models import ChatMessage, ChatSession
 from aria_engine.db.store import MessageCounters
 
@@ -154,3 +160,35 @@ async def test_verify_totals_reports_a_drifted_counter(db_factory) -> None:  # t
     async with db_factory() as db:
         problems = await store.verify_totals(db, sid)
     assert problems["output_tokens"] == (99, 4)
+
+
+async def test_an_exhausted_pool_and_a_refused_connection_count_as_transient(database_url: str) -> None:
+    # What the API answers with 503 engine_unavailable (retry) rather than a 500 (a bug).
+    engine = create_async_engine(
+        database_url, poolclass=AsyncAdaptedQueuePool, pool_size=1, max_overflow=0, pool_timeout=0.1
+    )
+    try:
+        async with engine.connect() as held:
+            await held.execute(select(1))
+            with pytest.raises(sa_exc.TimeoutError) as exhausted:
+                async with engine.connect():
+                    pass
+    finally:
+        await engine.dispose()
+    assert is_transient_database_error(exhausted.value)
+    unreachable = "postgresql+asyncpg://postgres@127.0.0.1:1/none"  # nothing listens on port 1
+    refused = create_async_engine(unreachable)
+    try:
+        with pytest.raises((sa_exc.SQLAlchemyError, ConnectionError)) as failed:
+            async with refused.connect():
+                pass
+    finally:
+        await refused.dispose()
+    assert is_transient_database_error(failed.value)
+    assert not is_transient_database_error(sa_exc.IntegrityError("INSERT", {}, Exception("duplicate")))
+    locked = sqlite3.OperationalError("database is locked")
+    locked.sqlite_errorcode = 5  # type: ignore[attr-defined]  # SQLITE_BUSY, as sqlite3 sets it
+    assert is_transient_database_error(sa_exc.OperationalError("UPDATE", {}, locked))
+    missing = sqlite3.OperationalError("no such table: chat_sessions")
+    missing.sqlite_errorcode = 1  # type: ignore[attr-defined]  # SQLITE_ERROR: a bug, not a retry
+    assert not is_transient_database_error(sa_exc.OperationalError("SELECT", {}, missing))

@@ -9,9 +9,10 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
-__all__ = ["create_engine", "create_session_factory"]
+__all__ = ["create_engine", "create_session_factory", "is_transient_database_error"]
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
@@ -29,6 +30,7 @@ def create_engine(database_url: str, **kwargs: Any) -> AsyncEngine:
         _ensure_sqlite_dir(database_url)
         kwargs.pop("pool_size", None)
         kwargs.pop("max_overflow", None)
+        kwargs.pop("pool_timeout", None)
         engine = create_async_engine(database_url, **kwargs)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
         return engine
@@ -36,9 +38,43 @@ def create_engine(database_url: str, **kwargs: Any) -> AsyncEngine:
     kwargs.setdefault("max_overflow", 10)
     # No pre-ping: it costs a round trip on every checkout (measured at 8-15% of a REST request). A
     # connection the server dropped fails its statement once; SQLAlchemy then invalidates the pool, the
-    # request gets a 503 with Retry-After, and the next one reconnects. Recycling bounds connection age.
+    # request gets a 503 with Retry-After (`is_transient_database_error`), and the next one reconnects.
+    # Recycling bounds connection age.
     kwargs.setdefault("pool_recycle", 1800)
     return create_async_engine(database_url, **kwargs)
+
+
+def is_transient_database_error(exc: BaseException) -> bool:
+    """A database failure worth retrying: no pooled connection became free within the pool timeout
+    (the process is overloaded), the server could not be reached, or it dropped the connection (SQLite:
+    the file stayed locked past its busy timeout). The API answers these with 503 engine_unavailable and
+    Retry-After instead of a 500.
+
+    A refused or reset connection comes through as the builtin `ConnectionError`: the driver raises it
+    unwrapped while connecting. Nothing else on a request's path raises that type (httpx and redis raise
+    their own), so it is taken as the database's.
+    """
+    if isinstance(exc, ConnectionError | sa_exc.TimeoutError):
+        return True
+    if not isinstance(exc, sa_exc.DBAPIError):
+        return False
+    if exc.connection_invalidated:
+        return True
+    sqlstate = str(getattr(exc.orig, "pgcode", None) or "")
+    sqlite_code = getattr(exc.orig, "sqlite_errorcode", None)
+    # Not every OperationalError: SQLite raises that class for a missing table or bad SQL too (bugs).
+    return sqlstate.startswith(_UNAVAILABLE_SQLSTATES) or (
+        sqlite_code is not None and sqlite_code & 0xFF in _SQLITE_BUSY
+    )
+
+
+# PostgreSQL error codes of a server that cannot serve now (asyncpg's errors reach SQLAlchemy as plain
+# DBAPIError): 08 connection exceptions, 53 insufficient resources (too many connections), 57P operator
+# intervention (shutting down, cannot connect now), 55000 as raised for a database that does not accept
+# connections.
+_UNAVAILABLE_SQLSTATES = ("08", "53", "57P", "55000")
+# SQLite's primary result codes SQLITE_BUSY and SQLITE_LOCKED: the file stayed locked past busy_timeout.
+_SQLITE_BUSY = (5, 6)
 
 
 def create_session_factory(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:

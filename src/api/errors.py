@@ -17,12 +17,15 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from aria_engine.db.engine import is_transient_database_error
 from aria_engine.exceptions import (
     AuthError,
     CircuitOpen,
     ConfigError,
+    DatabaseUnavailable,
     EngineError,
     EngineUnavailable,
     Forbidden,
@@ -151,8 +154,18 @@ async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+    """An overloaded or unreachable database is a 503 with Retry-After; any other database error a 500."""
+    if is_transient_database_error(exc):
+        logger.warning("request %s: database unavailable (%s)", request_id_of(request), type(exc).__name__)
+        return await _engine_error(request, DatabaseUnavailable())
+    return await _unexpected_error(request, exc)
+
+
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(EngineError, _engine_error)
+    app.add_exception_handler(SQLAlchemyError, _database_error)
+    app.add_exception_handler(ConnectionError, _database_error)  # a refused connection, unwrapped
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     # Starlette's ServerErrorMiddleware runs this one, then re-raises so the server logs the error too.

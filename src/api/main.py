@@ -105,7 +105,10 @@ async def _build(app: FastAPI, config: EngineConfig, stack: AsyncExitStack) -> N
 
         await upgrade(config.database_url)
     db_engine = create_engine(
-        config.database_url, pool_size=config.db_pool_size, max_overflow=config.db_max_overflow
+        config.database_url,
+        pool_size=config.db_pool_size,
+        max_overflow=config.db_max_overflow,
+        pool_timeout=config.db_pool_timeout,
     )
     stack.push_async_callback(db_engine.dispose)
     db_factory = create_session_factory(db_engine)
