@@ -3,7 +3,8 @@ the web UI mount, and shutdown with a turn in flight."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 
 import pytest
 from sqlalchemy.engine import make_url
@@ -25,6 +26,24 @@ from tests.plugins.live_server import (
 CHAT = "/api/engine/chat"
 
 
+@contextlib.contextmanager
+def database_outage(database_url: str) -> Iterator[None]:
+    """PostgreSQL refuses new connections to the test database and drops the open ones, until the end."""
+    if database_url.startswith("sqlite"):
+        pytest.skip("the outage is made with PostgreSQL's ALLOW_CONNECTIONS; SQLite has no server to stop")
+    name = make_url(database_url).database
+    admin = make_url(database_url).set(database="postgres").render_as_string(hide_password=False)
+    run_admin_sql(
+        admin,
+        f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false',
+        f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'",
+    )
+    try:
+        yield
+    finally:
+        run_admin_sql(admin, f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
+
+
 async def test_health_and_ready(live_server: LiveServer) -> None:
     async with live_server.client() as http:
         health = await http.get("/health")
@@ -38,22 +57,11 @@ async def test_ready_is_503_with_retry_after_while_the_database_refuses_connecti
     api_config: Callable[..., EngineConfig],
     database_url: str,
 ) -> None:
-    if database_url.startswith("sqlite"):
-        pytest.skip("the outage is made with PostgreSQL's ALLOW_CONNECTIONS; SQLite has no server to stop")
     server = start_server(api_config())
-    name = make_url(database_url).database
-    admin = make_url(database_url).set(database="postgres").render_as_string(hide_password=False)
     async with server.client() as http:
         assert (await http.get("/ready")).status_code == 200
-        try:
-            run_admin_sql(
-                admin,
-                f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false',
-                f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'",
-            )
+        with database_outage(database_url):
             response = await http.get("/ready")
-        finally:
-            run_admin_sql(admin, f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
         recovered = await http.get("/ready")
     assert response.status_code == 503
     assert response.json()["error"]["code"] == "engine_unavailable"
@@ -69,26 +77,15 @@ async def test_requests_during_a_database_outage_get_503_engine_unavailable_and_
 ) -> None:
     # Overload (no pooled connection free in time) and outages are the client's cue to retry: 503 with
     # Retry-After on REST, an `engine_unavailable` frame with retry_after on the socket; never a 500.
-    if database_url.startswith("sqlite"):
-        pytest.skip("the outage is made with PostgreSQL's ALLOW_CONNECTIONS; SQLite has no server to stop")
     server = start_server(api_config())
-    name = make_url(database_url).database
-    admin = make_url(database_url).set(database="postgres").render_as_string(hide_password=False)
     async with server.client() as http:
         session_id = (await http.post(f"{CHAT}/sessions", json={})).json()["id"]
         async with server.websocket(session_id) as ws:
-            try:
-                run_admin_sql(
-                    admin,
-                    f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false',
-                    f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{name}'",
-                )
+            with database_outage(database_url):
                 sent = await http.post(f"{CHAT}/sessions/{session_id}/messages", json={"content": "hi"})
                 listed = await http.get(f"{CHAT}/sessions")
                 await send_json(ws, {"type": "message", "content": "hi"})
                 frame = await recv_json(ws)
-            finally:
-                run_admin_sql(admin, f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
         for response in (sent, listed):
             assert response.status_code == 503, response.text
             assert response.json()["error"]["code"] == "engine_unavailable"
