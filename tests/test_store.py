@@ -10,8 +10,8 @@ from decimal import Decimal
 
 import pytest
 from sqlalchemy import exc as sa_exc
-from sqlalchemy import select
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy import insert, select
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 from sqlalchemy.pool import AsyncAdaptedQueuePool
 
 from aria_engine.db import store
@@ -192,3 +192,26 @@ async def test_an_exhausted_pool_and_a_refused_connection_count_as_transient(dat
     missing = sqlite3.OperationalError("no such table: chat_sessions")
     missing.sqlite_errorcode = 1  # type: ignore[attr-defined]  # SQLITE_ERROR: a bug, not a retry
     assert not is_transient_database_error(sa_exc.OperationalError("SELECT", {}, missing))
+
+
+async def test_the_turn_start_finds_its_session_by_primary_key_even_without_statistics(
+    db_factory: async_sessionmaker[AsyncSession], database_url: str
+) -> None:
+    # With no statistics (autovacuum off, or just after a bulk import) PostgreSQL served this UPDATE
+    # through the (owner, status) index and scanned every session of the owner.
+    if database_url.startswith("sqlite"):
+        pytest.skip("the plan checked is PostgreSQL's; SQLite's planner picks the primary key anyway")
+    async with db_factory.begin() as db:
+        await db.execute(
+            insert(ChatSession),
+            [{"id": uuid.uuid4(), "owner": "o", "model": "m"} for _ in range(3000)],
+        )
+        sid = (await db.execute(select(ChatSession.id).limit(1))).scalar_one()
+    async with db_factory() as db:
+        conn = await db.connection()
+        compiled = store._START_OWN_TURN.compile(dialect=conn.dialect)
+        values = {"session_id": sid, "turn_id": uuid.uuid4(), "until": None, "now": None, "b_owner": "o"}
+        params = compiled.construct_params(values)
+        args = tuple(params[name] for name in compiled.positiontup or ())
+        plan = "\n".join(row[0] for row in await conn.exec_driver_sql("EXPLAIN " + compiled.string, args))
+    assert "Index Scan using pk_chat_sessions " in plan, plan

@@ -20,7 +20,19 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import BigInteger, DateTime, bindparam, case, func, insert, select, update
+from sqlalchemy import (
+    BigInteger,
+    ColumnElement,
+    DateTime,
+    Update,
+    and_,
+    bindparam,
+    case,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from aria_engine.db.models import ChatMessage, ChatSession, utcnow
@@ -177,17 +189,25 @@ _START_TURN_VALUES = {
     "message_count": _SESSIONS.c.message_count + 1,
     "updated_at": bindparam("now", type_=_LEASE_UNTIL),
 }
-_START_TURN = (
-    update(_SESSIONS)
-    .where(
-        _SESSIONS.c.id == bindparam("session_id"),
-        _SESSIONS.c.status == "active",
-        _SESSIONS.c.active_turn_id.is_(None),
+# The conditions besides the primary key sit inside one CASE, which no index can serve, so the planner
+# has only the primary key to choose. Without statistics (autovacuum off, or just after a bulk import)
+# PostgreSQL otherwise served this UPDATE through the (owner, status) index and scanned every session of
+# the owner: 60 ms per turn start at 100,000 sessions instead of 0.1 ms.
+_FREE = and_(_SESSIONS.c.status == "active", _SESSIONS.c.active_turn_id.is_(None))
+_FREE_AND_OWNED = and_(_FREE, _SESSIONS.c.owner == bindparam("b_owner"))
+
+
+def _start_turn_statement(condition: ColumnElement[bool]) -> Update:
+    return (
+        update(_SESSIONS)
+        .where(_SESSIONS.c.id == bindparam("session_id"), case((condition, True), else_=False))
+        .values(_START_TURN_VALUES)
+        .returning(*_SESSIONS.c)
     )
-    .values(_START_TURN_VALUES)
-    .returning(*_SESSIONS.c)
-)
-_START_OWN_TURN = _START_TURN.where(_SESSIONS.c.owner == bindparam("b_owner"))
+
+
+_START_TURN = _start_turn_statement(_FREE)
+_START_OWN_TURN = _start_turn_statement(_FREE_AND_OWNED)
 # (column name, attribute name) pairs of a session row.
 _SESSION_COLUMNS = tuple(
     (column.name, ChatSession.__mapper__.get_property_by_column(column).key) for column in _SESSIONS.columns
