@@ -73,7 +73,8 @@ class EngineConfig(BaseSettings):
     # bursts beyond the pool open short-lived overflow connections, which cost a connect each.
     db_pool_size: int = Field(default=20, ge=1)
     db_max_overflow: int = Field(default=10, ge=0)
-    # Seconds a request waits for a free connection before it is refused with 503 engine_unavailable.
+    # Seconds a request waits for the database (PostgreSQL: a free pooled connection; SQLite: the write
+    # lock) before it is refused with 503 engine_unavailable.
     db_pool_timeout: float = Field(default=30.0, gt=0)
 
     # -- serving -----------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import sqlite3
 import uuid
 from datetime import timedelta
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 from sqlalchemy import exc as sa_exc
@@ -15,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_asyn
 from sqlalchemy.pool import AsyncAdaptedQueuePool
 
 from aria_engine.db import store
-from aria_engine.db.engine import is_transient_database_error
+from aria_engine.db.engine import create_engine, is_transient_database_error
 from aria_engine.db.models import ChatMessage, ChatSession
 from aria_engine.db.store import MessageCounters
 
@@ -215,3 +216,30 @@ async def test_the_turn_start_finds_its_session_by_primary_key_even_without_stat
         args = tuple(params[name] for name in compiled.positiontup or ())
         plan = "\n".join(row[0] for row in await conn.exec_driver_sql("EXPLAIN " + compiled.string, args))
     assert "Index Scan using pk_chat_sessions " in plan, plan
+
+
+async def test_sqlite_waits_for_the_write_lock_up_to_the_pool_timeout_then_fails_transiently(
+    tmp_path: Path,
+) -> None:
+    # SQLite's busy timeout is the same setting as PostgreSQL's wait for a pooled connection; past it the
+    # request gets a retryable 503, not a 500.
+    url = f"sqlite+aiosqlite:///{tmp_path / 'locked.db'}"
+    engine = create_engine(url, pool_timeout=0.3)
+    try:
+        async with engine.begin() as conn:
+            await conn.exec_driver_sql("CREATE TABLE t (x INTEGER)")
+            assert (await conn.exec_driver_sql("PRAGMA busy_timeout")).scalar_one() == 300
+        async with engine.connect() as holder, engine.connect() as waiter:
+            await holder.exec_driver_sql("BEGIN IMMEDIATE")  # takes the write lock and keeps it
+            with pytest.raises(sa_exc.OperationalError) as locked:
+                await waiter.exec_driver_sql("INSERT INTO t VALUES (1)")
+            await holder.rollback()
+    finally:
+        await engine.dispose()
+    assert is_transient_database_error(locked.value)
+    default = create_engine(url)
+    try:
+        async with default.connect() as conn:
+            assert (await conn.exec_driver_sql("PRAGMA busy_timeout")).scalar_one() == 30_000
+    finally:
+        await default.dispose()

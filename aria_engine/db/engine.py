@@ -6,34 +6,46 @@ never blocks the writer.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
 
-__all__ = ["create_engine", "create_session_factory", "is_transient_database_error"]
+__all__ = ["DEFAULT_WAIT_SECONDS", "create_engine", "create_session_factory", "is_transient_database_error"]
+
+DEFAULT_WAIT_SECONDS = 30.0
 
 
-def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
-    cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=10000")
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.close()
+def _sqlite_pragmas(busy_timeout_ms: int) -> Callable[[Any, Any], None]:
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    return on_connect
 
 
 def create_engine(database_url: str, **kwargs: Any) -> AsyncEngine:
-    """`kwargs` go to SQLAlchemy; pool sizes apply to PostgreSQL only (SQLite keeps its own pool)."""
+    """`kwargs` go to SQLAlchemy; pool sizes apply to PostgreSQL only (SQLite keeps its own pool).
+
+    `pool_timeout` (seconds, default 30) is how long a request waits for the database: on PostgreSQL for
+    a pooled connection, on SQLite for the write lock (its busy timeout). Then it fails with a transient
+    error, answered with 503 (`is_transient_database_error`).
+    """
     if database_url.startswith("sqlite"):
         _ensure_sqlite_dir(database_url)
         kwargs.pop("pool_size", None)
         kwargs.pop("max_overflow", None)
-        kwargs.pop("pool_timeout", None)
+        busy_timeout_ms = round(kwargs.pop("pool_timeout", DEFAULT_WAIT_SECONDS) * 1000)
         engine = create_async_engine(database_url, **kwargs)
-        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas(busy_timeout_ms))
         return engine
+    kwargs.setdefault("pool_timeout", DEFAULT_WAIT_SECONDS)
     kwargs.setdefault("pool_size", 20)
     kwargs.setdefault("max_overflow", 10)
     # No pre-ping: it costs a round trip on every checkout (measured at 8-15% of a REST request). A
