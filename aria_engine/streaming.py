@@ -246,7 +246,7 @@ class StreamManager:
             except BaseException as exc:
                 if not run.started.done():
                     run.started.set_exception(
-                        exc if isinstance(exc, EngineError | asyncio.CancelledError) else _internal(exc)
+                        exc if isinstance(exc, EngineError | asyncio.CancelledError) else _start_error(exc)
                     )
                 if isinstance(exc, asyncio.CancelledError):
                     raise
@@ -333,7 +333,8 @@ class StreamManager:
         )
 
 
-def _internal(exc: BaseException) -> EngineError:
+def _start_error(exc: BaseException) -> EngineError:
+    """What a client is told when its turn failed before `start` with an exception that is no EngineError."""
     if is_transient_database_error(exc):  # overload or outage: the client should retry, not report a bug
         logger.warning("turn refused before start: database unavailable (%s)", type(exc).__name__)
         return DatabaseUnavailable()
