@@ -28,6 +28,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import httpx
 import orjson
 from websockets.asyncio.client import ClientConnection, connect
@@ -185,7 +186,7 @@ def _sse_tokens(buffer: bytearray, arrivals: list[float], now: float) -> bytearr
     return bytearray(rest)
 
 
-async def _sse_turn(client: httpx.AsyncClient, job: Job, rec: _TurnRecorder) -> None:
+async def _sse_turn(client: aiohttp.ClientSession, job: Job, rec: _TurnRecorder) -> None:
     body = {
         "model": job.get("model", "bench-model"),
         "stream": True,
@@ -196,11 +197,11 @@ async def _sse_turn(client: httpx.AsyncClient, job: Job, rec: _TurnRecorder) -> 
     size = 0
     buffer = bytearray()
     sent = time.perf_counter()
-    async with client.stream("POST", job["url"], json=body, headers=job.get("headers")) as response:
-        if response.status_code != 200:
-            rec.fail(f"HTTP {response.status_code}: {(await response.aread())[:200]!r}")
+    async with client.post(job["url"], data=orjson.dumps(body), headers=job.get("headers")) as response:
+        if response.status != 200:
+            rec.fail(f"HTTP {response.status}: {(await response.read())[:200]!r}")
             return
-        async for raw in response.aiter_raw():
+        async for raw in response.content.iter_any():
             now = time.perf_counter()
             size += len(raw)
             buffer += raw
@@ -209,10 +210,14 @@ async def _sse_turn(client: httpx.AsyncClient, job: Job, rec: _TurnRecorder) -> 
 
 
 async def _sse_turns(job: Job) -> dict[str, Any]:
+    """aiohttp, not httpx, reads the streams: it costs this shared machine about a quarter of the CPU
+    per chunk (bench/bench_provider_clients.py), so the floor it measures is the provider's, not ours."""
     rec = _TurnRecorder(bool(job.get("record_gaps")))
     streams = int(job.get("streams", 1))
-    limits = httpx.Limits(max_connections=streams, max_keepalive_connections=streams)
-    async with httpx.AsyncClient(limits=limits, timeout=600.0) as client:
+    connector = aiohttp.TCPConnector(limit=streams, limit_per_host=0)
+    headers = {"Content-Type": "application/json"}
+    timeout = aiohttp.ClientTimeout(total=600.0)
+    async with aiohttp.ClientSession(connector=connector, headers=headers, timeout=timeout) as client:
         await _gate(job, streams)
         ramp = float(job.get("ramp", 0.0))
 

@@ -14,7 +14,7 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator
 
-import httpx
+import aiohttp
 import orjson
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -27,16 +27,21 @@ __all__ = ["build_app"]
 
 def build_app(provider_url: str) -> Starlette:
     """The relay app for a provider base URL such as http://127.0.0.1:9000/v1."""
-    clients: dict[str, httpx.AsyncClient] = {}
+    clients: dict[str, aiohttp.ClientSession] = {}
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: Starlette) -> AsyncIterator[None]:
-        limits = httpx.Limits(max_connections=4096, max_keepalive_connections=4096)
-        clients["provider"] = httpx.AsyncClient(base_url=provider_url, limits=limits, timeout=600.0)
+        # The same HTTP client as the engine's adapter, so the ceiling is not lowered by a slower one.
+        clients["provider"] = aiohttp.ClientSession(
+            base_url=provider_url.rstrip("/") + "/",
+            headers={"Content-Type": "application/json"},
+            connector=aiohttp.TCPConnector(limit=4096, limit_per_host=0),
+            timeout=aiohttp.ClientTimeout(total=600.0),
+        )
         try:
             yield
         finally:
-            await clients["provider"].aclose()
+            await clients["provider"].close()
 
     async def health(_request: Request) -> PlainTextResponse:
         return PlainTextResponse("ok")
@@ -55,16 +60,16 @@ def build_app(provider_url: str) -> Starlette:
     return Starlette(routes=routes, lifespan=lifespan)
 
 
-async def _forward_turn(websocket: WebSocket, client: httpx.AsyncClient, content: str) -> None:
+async def _forward_turn(websocket: WebSocket, client: aiohttp.ClientSession, content: str) -> None:
     turn_id = str(uuid.uuid4())
     seq = 1
     await websocket.send_text(
         orjson.dumps({"type": "start", "turn_id": turn_id, "seq": seq, "message_id": turn_id}).decode()
     )
     body = {"model": "bench-model", "stream": True, "messages": [{"role": "user", "content": content}]}
-    async with client.stream("POST", "/chat/completions", json=body) as response:
-        async for line in response.aiter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
+    async with client.post("chat/completions", data=orjson.dumps(body)) as response:
+        async for line in response.content:  # lines, each ending with b"\n"
+            if not line.startswith(b"data: ") or line.startswith(b"data: [DONE]"):
                 continue
             choices = orjson.loads(line[6:]).get("choices") or ()
             text = choices[0]["delta"].get("content") if choices else None

@@ -139,7 +139,8 @@ async def test_first_token_timeout(fake_llm: FakeLLM, make_gateway: Any) -> None
         await collect(gateway)
 
     assert caught.value.phase == "first_token"
-    assert fake_llm.wait_for_disconnects(1)  # the abandoned request was closed, not left hanging
+    # The abandoned request was closed, not left hanging.
+    assert await anyio.to_thread.run_sync(fake_llm.wait_for_disconnects, 1)
 
 
 async def test_idle_timeout_between_chunks(fake_llm: FakeLLM, make_gateway: Any) -> None:
@@ -154,7 +155,7 @@ async def test_idle_timeout_between_chunks(fake_llm: FakeLLM, make_gateway: Any)
     assert caught.value.phase == "idle"
     assert content(received) == "word0 word1"
     assert len(fake_llm.requests) == 1  # output had begun: no retry
-    assert fake_llm.wait_for_disconnects(1)
+    assert await anyio.to_thread.run_sync(fake_llm.wait_for_disconnects, 1)
 
 
 async def test_total_timeout(fake_llm: FakeLLM, make_gateway: Any) -> None:
@@ -353,7 +354,7 @@ async def test_closing_the_stream_closes_the_upstream_connection(
             if isinstance(chunk, ContentDelta):
                 break
 
-    assert fake_llm.wait_for_disconnects(1)
+    assert await anyio.to_thread.run_sync(fake_llm.wait_for_disconnects, 1)
     assert fake_llm.completed == 0
 
 
@@ -375,7 +376,7 @@ async def test_cancelling_the_consumer_closes_the_upstream_connection(
         await first_token.wait()
         group.cancel_scope.cancel()
 
-    assert fake_llm.wait_for_disconnects(1)
+    assert await anyio.to_thread.run_sync(fake_llm.wait_for_disconnects, 1)
     assert fake_llm.completed == 0
     assert gateway.breaker_states() == {"fake": "closed"}
 

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -18,11 +19,58 @@ from hypothesis import strategies as st
 from aria_engine.config import EngineConfig
 from aria_engine.exceptions import ProviderRejected, ProviderUnavailable
 from aria_engine.llm_gateway import LLMGateway
-from aria_engine.providers.base import ContentDelta, ThinkingDelta
-from aria_engine.providers.openai_compatible import ThinkTagSplitter, status_error
+from aria_engine.providers import openai_compatible
+from aria_engine.providers.base import ContentDelta, LLMRequest, ThinkingDelta
+from aria_engine.providers.openai_compatible import (
+    OpenAICompatibleProvider,
+    ThinkTagSplitter,
+    environment_proxy,
+    sse_lines,
+    status_error,
+)
 from aria_engine.testing.fake_llm import FakeLLM, Reply, ToolCall, Usage, write_fake_catalog
 
 HELLO = [{"role": "user", "content": "hi"}]
+
+
+# -- SSE lines ------------------------------------------------------------------------------------------
+
+
+async def lines_of(pieces: list[bytes]) -> list[bytes]:
+    async def reads() -> AsyncIterator[bytes]:
+        for piece in pieces:
+            yield piece
+
+    return [line async for line in sse_lines(reads())]
+
+
+LINE = st.binary(max_size=12).map(lambda line: line.replace(b"\r", b"").replace(b"\n", b""))
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    lines=st.lists(LINE, max_size=8),
+    ending=st.sampled_from([b"\n", b"\r\n", b"\r"]),
+    cuts=st.lists(st.integers(min_value=0, max_value=120), max_size=10),
+)
+async def test_sse_lines_survive_any_cut_between_reads(
+    lines: list[bytes], ending: bytes, cuts: list[int]
+) -> None:
+    body = b"".join(line + ending for line in lines)
+    bounds = sorted({0, len(body), *(min(cut, len(body)) for cut in cuts)})
+    pieces = [body[start:end] for start, end in itertools.pairwise(bounds)]
+    # A CRLF cut between two reads may add a blank line; SSE skips blank lines, so only those may differ.
+    assert [line for line in await lines_of(pieces) if line] == [line for line in lines if line]
+
+
+async def test_sse_lines_keep_a_last_line_without_its_end() -> None:
+    assert await lines_of([b"data: 1\n\nda", b"ta: 2"]) == [b"data: 1", b"", b"data: 2"]
+
+
+async def test_an_endless_line_is_refused_not_held(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(openai_compatible, "MAX_LINE_BYTES", 64)
+    with pytest.raises(ProviderUnavailable):
+        await lines_of([b"x" * 40] * 3)
 
 
 # -- <think> tags ----------------------------------------------------------------------------------------
@@ -99,6 +147,33 @@ async def test_api_key_and_catalog_headers_are_sent(fake_llm: FakeLLM, tmp_path:
 async def test_no_key_sends_no_authorization(fake_llm: FakeLLM, fake_gateway: LLMGateway) -> None:
     await fake_gateway.complete("fake-model", HELLO)
     assert "authorization" not in fake_llm.request_headers[0]
+
+
+async def test_the_environment_proxy_carries_the_request(
+    fake_llm: FakeLLM, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The fake provider plays the proxy: it gets the absolute-form request for a host that does not
+    # resolve, so the answer can only have come through the proxy.
+    for name in ("NO_PROXY", "no_proxy", "ALL_PROXY", "all_proxy", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", fake_llm.base_url.removesuffix("/v1"))
+    provider = OpenAICompatibleProvider("proxied", "http://provider.invalid/v1")
+    fake_llm.enqueue(Reply("through the proxy"))
+    try:
+        chunks = [chunk async for chunk in provider.stream(LLMRequest(model="fake-model", messages=HELLO))]
+    finally:
+        await provider.aclose()
+    assert "".join(chunk.text for chunk in chunks if isinstance(chunk, ContentDelta)) == "through the proxy"
+
+
+def test_no_proxy_bypasses_the_environment_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("no_proxy", "all_proxy", "http_proxy", "https_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy.internal:3128")
+    monkeypatch.setenv("NO_PROXY", "localhost,127.0.0.1,.corp.example")
+    assert environment_proxy("https://api.openai.com/v1/chat/completions") == "http://proxy.internal:3128"
+    assert environment_proxy("https://llm.corp.example/v1/chat/completions") is None
+    assert environment_proxy("http://127.0.0.1:11434/v1/chat/completions") is None
 
 
 async def test_calls_reuse_one_provider_connection(fake_llm: FakeLLM, fake_gateway: LLMGateway) -> None:

@@ -1,29 +1,35 @@
-"""The `openai` adapter: any OpenAI-compatible chat-completions server, read with a lean httpx SSE reader.
+"""The `openai` adapter: any OpenAI-compatible chat-completions server, read with a lean aiohttp SSE reader.
 
-One `httpx.AsyncClient` per provider (built once, closed by `aclose`). Every call streams with
-`stream_options.include_usage`; the SSE lines are decoded with orjson into normalized chunks:
+One `aiohttp.ClientSession` per provider (opened on the first call, inside the event loop; closed by
+`aclose`). Every call streams with `stream_options.include_usage`; the SSE lines are decoded with orjson
+into normalized chunks:
 
 - `reasoning_content` / `reasoning` deltas become `ThinkingDelta`; inline `<think>...</think>` in content
   is split out by `ThinkTagSplitter`, also when a tag is cut across chunks;
 - tool-call fragments become `ToolCallDelta` (assembled by index downstream);
 - the usage report becomes one `UsageChunk`, and the stream always ends with one `FinishChunk`.
 
-Why not the openai SDK: `bench/bench_sdk_vs_httpx.py` measures the per-chunk cost of both; the SDK builds
-Pydantic objects for every chunk, this reader does one `orjson.loads`. Only `connect` is an httpx timeout
-here: first-token, idle and total deadlines are enforced by the gateway for every adapter alike.
+Why not the openai SDK, and why aiohttp rather than httpx: `bench/bench_provider_clients.py` measures the
+client CPU per streamed chunk of the three. The SDK builds Pydantic objects for every chunk; httpx parses
+HTTP in pure Python (h11) through about ten async layers per read. When many streams each deliver a token
+at a time (the normal case for a chat service), aiohttp's C parser costs about a quarter of httpx's per
+chunk (docs/MODELS.md has the numbers). Only `connect` (getting a connection, from the pool or new) is an
+aiohttp timeout here: first-token, idle and total deadlines are enforced by the gateway for every adapter.
 
-httpx errors never leave this module: they become `ProviderTimeout`, `ProviderUnavailable` or
+aiohttp errors never leave this module: they become `ProviderTimeout`, `ProviderUnavailable` or
 `ProviderRejected` (`raise ... from exc`, so the cause reaches the log but never a client). Closing the
-iterator leaves the `async with` and closes the HTTP response, which drops the upstream connection.
+iterator leaves the `async with` before the body's end, which closes the upstream connection.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Iterator, Sequence
+import urllib.parse
+import urllib.request
+from collections.abc import AsyncIterable, AsyncIterator, Iterator, Sequence
 from typing import Any
 
-import httpx
+import aiohttp
 import orjson
 
 from aria_engine.exceptions import LLMError, ProviderRejected, ProviderTimeout, ProviderUnavailable
@@ -37,7 +43,14 @@ from aria_engine.providers.base import (
     UsageChunk,
 )
 
-__all__ = ["OpenAICompatibleProvider", "ThinkTagSplitter", "status_error"]
+__all__ = [
+    "MAX_LINE_BYTES",
+    "OpenAICompatibleProvider",
+    "ThinkTagSplitter",
+    "environment_proxy",
+    "sse_lines",
+    "status_error",
+]
 
 logger = logging.getLogger("aria.providers.openai")
 
@@ -45,6 +58,10 @@ _OPEN, _CLOSE = "<think>", "</think>"
 _FINISH = {"stop": "stop", "length": "length", "tool_calls": "tool_calls", "function_call": "tool_calls"}
 _RETRYABLE_STATUS = {408, 409, 425, 429}
 _MAX_ERROR_BODY = 1024  # logged for operators; never sent to clients
+# A provider's line longer than this is not an SSE event we can use; holding it longer would let one
+# broken upstream take the engine's memory.
+MAX_LINE_BYTES = 16 * 2**20
+_NEWLINES = (b"\n", b"\r")
 
 
 class ThinkTagSplitter:
@@ -137,23 +154,32 @@ class OpenAICompatibleProvider:
         max_connections: int = 1000,
     ) -> None:
         self.name = name
-        all_headers = {"Accept": "text/event-stream", "Content-Type": "application/json", **(headers or {})}
+        self._url = base_url.rstrip("/") + "/chat/completions"
+        self._headers = {"Accept": "text/event-stream", "Content-Type": "application/json", **(headers or {})}
         if api_key:
-            all_headers["Authorization"] = f"Bearer {api_key}"
-        # read=None: first-token/idle/total deadlines are the gateway's, enforced the same for all adapters.
-        timeout = httpx.Timeout(
-            connect=connect_timeout, read=None, write=connect_timeout, pool=connect_timeout
-        )
-        self._client = httpx.AsyncClient(
-            base_url=base_url.rstrip("/") + "/",
-            headers=all_headers,
-            timeout=timeout,
-            # A stream holds its connection for the whole answer: the pool must cover concurrent turns.
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=50),
-        )
+            self._headers["Authorization"] = f"Bearer {api_key}"
+        self._connect_timeout = connect_timeout
+        self._max_connections = max_connections
+        self._proxy = environment_proxy(self._url)
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        """The provider's session, opened on first use (aiohttp binds it to the running event loop)."""
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                headers=self._headers,
+                # A stream holds its connection for the whole answer: the pool must cover concurrent
+                # turns. `connect` bounds waiting for a pooled connection and opening a new one alike.
+                connector=aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=0),
+                # No read timeout: first-token/idle/total deadlines are the gateway's, for all adapters.
+                timeout=aiohttp.ClientTimeout(total=None, connect=self._connect_timeout, sock_read=None),
+            )
+        return self._session
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
     def body(self, request: LLMRequest) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -174,44 +200,81 @@ class OpenAICompatibleProvider:
     async def stream(self, request: LLMRequest) -> AsyncIterator[Chunk]:
         content = orjson.dumps(self.body(request))
         try:
-            async with self._client.stream("POST", "chat/completions", content=content) as response:
-                if response.status_code >= 400:
-                    await _read_error_body(response)
-                    raise status_error(response.status_code, response.headers.get("retry-after"))
-                async for chunk in _decode(response):
-                    yield chunk
-        except (httpx.ConnectTimeout, httpx.PoolTimeout, httpx.WriteTimeout) as exc:
+            async with self._client().post(self._url, data=content, proxy=self._proxy) as response:
+                try:
+                    if response.status >= 400:
+                        await _read_error_body(response)
+                        raise status_error(response.status, response.headers.get("Retry-After"))
+                    async for chunk in _decode(response.content):
+                        yield chunk
+                finally:
+                    if not response.content.at_eof():
+                        # Left before its end (closed, cancelled, failed): drop the connection, which
+                        # also tells the provider to stop generating. aiohttp would keep it pooled.
+                        response.close()
+        except aiohttp.ConnectionTimeoutError as exc:
             raise ProviderTimeout("connect") from exc
-        except httpx.TimeoutException as exc:
+        except aiohttp.ServerTimeoutError as exc:
             raise ProviderTimeout("idle") from exc
-        except (httpx.TransportError, httpx.StreamError) as exc:
+        except aiohttp.ClientError as exc:
             # Connection refused, reset, or closed before the stream ended (incomplete chunked body).
             raise ProviderUnavailable("The connection to the model provider failed.") from exc
 
 
-async def _read_error_body(response: httpx.Response) -> None:
+def environment_proxy(url: str) -> str | None:
+    """The proxy that HTTP(S)_PROXY / ALL_PROXY and NO_PROXY give for `url`, as other HTTP clients read
+    them. Read once per provider: aiohttp's own `trust_env` reads the environment and ~/.netrc on every
+    request, in a thread."""
+    parts = urllib.parse.urlsplit(url)
+    if urllib.request.proxy_bypass_environment(parts.hostname or ""):
+        return None
+    proxies = urllib.request.getproxies_environment()
+    return proxies.get(parts.scheme) or proxies.get("all")
+
+
+async def _read_error_body(response: aiohttp.ClientResponse) -> None:
     """Log a bounded part of an error body: useful to operators, never shown to clients."""
     received = bytearray()
-    async for part in response.aiter_bytes():
+    async for part in response.content.iter_any():
         received += part
         if len(received) >= _MAX_ERROR_BODY:
             break
-    logger.warning("provider HTTP %s: %s", response.status_code, bytes(received[:_MAX_ERROR_BODY]))
+    logger.warning("provider HTTP %s: %s", response.status, bytes(received[:_MAX_ERROR_BODY]))
 
 
-async def _decode(response: httpx.Response) -> AsyncIterator[Chunk]:
+async def sse_lines(reads: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
+    """The lines of a body read in pieces (CR, LF or CRLF ends; a CRLF cut between two reads gives one
+    extra blank line, which SSE ignores). Only a read holding a line end costs a split; a partial line
+    waits, bounded by MAX_LINE_BYTES."""
+    held = bytearray()
+    async for data in reads:
+        end = max(data.rfind(b"\n"), data.rfind(b"\r"))
+        if end < 0:
+            held += data
+            if len(held) > MAX_LINE_BYTES:
+                raise ProviderUnavailable("The model provider sent an invalid response.")
+            continue
+        complete = bytes(held) + data[: end + 1] if held else data[: end + 1]
+        held = bytearray(data[end + 1 :])
+        for line in complete.splitlines():
+            yield line
+    if held:
+        yield bytes(held)
+
+
+async def _decode(body: aiohttp.StreamReader) -> AsyncIterator[Chunk]:
     """SSE lines -> chunks. Usage and finish are held back so the stream ends usage, then finish."""
     splitter = ThinkTagSplitter()
     usage: UsageChunk | None = None
     finish = "stop"
     done = False
-    async for line in response.aiter_lines():
+    async for line in sse_lines(body.iter_any()):
         # After [DONE] the body is read to its end rather than abandoned: an unfinished response closes
         # its connection, and every call would then pay for a new one.
-        if done or not line.startswith("data:"):
+        if done or not line.startswith(b"data:"):
             continue  # blank separators, `event:` lines and `: keep-alive` comments
         data = line[5:].strip()
-        if data == "[DONE]":
+        if data == b"[DONE]":
             done = True
             continue
         try:
