@@ -41,7 +41,7 @@ async def lines_of(pieces: list[bytes]) -> list[bytes]:
         for piece in pieces:
             yield piece
 
-    return [line async for line in sse_lines(reads())]
+    return [line async for lines in sse_lines(reads()) for line in lines]
 
 
 LINE = st.binary(max_size=12).map(lambda line: line.replace(b"\r", b"").replace(b"\n", b""))

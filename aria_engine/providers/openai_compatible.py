@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import urllib.parse
 import urllib.request
-from collections.abc import AsyncIterable, AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
 from typing import Any
 
 import aiohttp
@@ -46,6 +46,7 @@ from aria_engine.providers.base import (
 __all__ = [
     "MAX_LINE_BYTES",
     "OpenAICompatibleProvider",
+    "SSEDecoder",
     "ThinkTagSplitter",
     "environment_proxy",
     "sse_lines",
@@ -205,7 +206,13 @@ class OpenAICompatibleProvider:
                     if response.status >= 400:
                         await _read_error_body(response)
                         raise status_error(response.status, response.headers.get("Retry-After"))
-                    async for chunk in _decode(response.content):
+                    # One pass per read, not per line: the chunks of a read are decoded together,
+                    # and only they cross this generator one by one.
+                    decoder = SSEDecoder()
+                    async for lines in sse_lines(response.content.iter_any()):
+                        for chunk in decoder.feed(lines):
+                            yield chunk
+                    for chunk in decoder.end():
                         yield chunk
                 finally:
                     if not response.content.at_eof():
@@ -242,10 +249,10 @@ async def _read_error_body(response: aiohttp.ClientResponse) -> None:
     logger.warning("provider HTTP %s: %s", response.status, bytes(received[:_MAX_ERROR_BODY]))
 
 
-async def sse_lines(reads: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
-    """The lines of a body read in pieces (CR, LF or CRLF ends; a CRLF cut between two reads gives one
-    extra blank line, which SSE ignores). Only a read holding a line end costs a split; a partial line
-    waits, bounded by MAX_LINE_BYTES."""
+async def sse_lines(reads: AsyncIterable[bytes]) -> AsyncIterator[list[bytes]]:
+    """The complete lines of each read of a body, one list per read that ends at least one line (CR, LF
+    or CRLF ends; a CRLF cut between two reads gives one extra blank line, which SSE ignores). A partial
+    line waits for the rest, bounded by MAX_LINE_BYTES; a last line without its end comes at the end."""
     held = bytearray()
     async for data in reads:
         end = max(data.rfind(b"\n"), data.rfind(b"\r"))
@@ -256,49 +263,72 @@ async def sse_lines(reads: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
             continue
         complete = bytes(held) + data[: end + 1] if held else data[: end + 1]
         held = bytearray(data[end + 1 :])
-        for line in complete.splitlines():
-            yield line
+        yield complete.splitlines()
     if held:
-        yield bytes(held)
+        yield [bytes(held)]
 
 
-async def _decode(body: aiohttp.StreamReader) -> AsyncIterator[Chunk]:
-    """SSE lines -> chunks. Usage and finish are held back so the stream ends usage, then finish."""
-    splitter = ThinkTagSplitter()
-    usage: UsageChunk | None = None
-    finish = "stop"
-    done = False
-    async for line in sse_lines(body.iter_any()):
-        # After [DONE] the body is read to its end rather than abandoned: an unfinished response closes
-        # its connection, and every call would then pay for a new one.
-        if done or not line.startswith(b"data:"):
-            continue  # blank separators, `event:` lines and `: keep-alive` comments
-        data = line[5:].strip()
-        if data == b"[DONE]":
-            done = True
-            continue
-        try:
-            payload = orjson.loads(data)
-        except orjson.JSONDecodeError as exc:
-            raise ProviderUnavailable("The model provider sent an invalid response.") from exc
-        if not isinstance(payload, dict):
-            raise ProviderUnavailable("The model provider sent an invalid response.")
-        if payload.get("error"):
-            logger.warning("provider stream error: %s", str(payload["error"])[:_MAX_ERROR_BODY])
-            raise ProviderUnavailable("The model provider failed while answering.")
-        if payload.get("usage"):
-            usage = _usage(payload["usage"])
-        for choice in payload.get("choices") or ():
-            delta = choice.get("delta") or {}
-            for chunk in _delta_chunks(delta, splitter):
-                yield chunk
-            if choice.get("finish_reason"):
-                finish = _FINISH.get(choice["finish_reason"], "stop")
-    for chunk in splitter.flush():
-        yield chunk
-    if usage is not None:
-        yield usage
-    yield FinishChunk(finish)
+class SSEDecoder:
+    """SSE lines -> chunks. Usage and finish are held back, so a stream ends usage, then finish (`end`).
+
+    After `[DONE]` the rest of the body is still read rather than abandoned: an unfinished response
+    closes its connection, and every call would then pay for a new one.
+    """
+
+    __slots__ = ("_done", "_finish", "_splitter", "_usage")
+
+    def __init__(self) -> None:
+        self._splitter = ThinkTagSplitter()
+        self._usage: UsageChunk | None = None
+        self._finish = "stop"
+        self._done = False
+
+    def feed(self, lines: Iterable[bytes]) -> Iterator[Chunk]:
+        """The chunks of these lines, in order; a bad event raises where it stands, after the output
+        before it (a plain generator: crossing it costs a fraction of an async generator's hop)."""
+        for line in lines:
+            if self._done or not line.startswith(b"data:"):
+                continue  # blank separators, `event:` lines and `: keep-alive` comments
+            data = line[5:].strip()
+            if data == b"[DONE]":
+                self._done = True
+                continue
+            payload = _payload(data)
+            if payload.get("error"):
+                logger.warning("provider stream error: %s", str(payload["error"])[:_MAX_ERROR_BODY])
+                raise ProviderUnavailable("The model provider failed while answering.")
+            if payload.get("usage"):
+                self._usage = _usage(payload["usage"])
+            for choice in payload.get("choices") or ():
+                delta = choice.get("delta") or {}
+                text = delta.get("content")
+                if type(text) is str and not _has_more_than_content(delta):
+                    yield from self._splitter.feed(text)  # the common chunk: content only
+                else:
+                    yield from _delta_chunks(delta, self._splitter)
+                if choice.get("finish_reason"):
+                    self._finish = _FINISH.get(choice["finish_reason"], "stop")
+
+    def end(self) -> list[Chunk]:
+        chunks: list[Chunk] = list(self._splitter.flush())
+        if self._usage is not None:
+            chunks.append(self._usage)
+        chunks.append(FinishChunk(self._finish))
+        return chunks
+
+
+def _has_more_than_content(delta: dict[str, Any]) -> bool:
+    return bool(delta.get("tool_calls") or delta.get("reasoning_content") or delta.get("reasoning"))
+
+
+def _payload(data: bytes) -> dict[str, Any]:
+    try:
+        payload = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        raise ProviderUnavailable("The model provider sent an invalid response.") from exc
+    if not isinstance(payload, dict):
+        raise ProviderUnavailable("The model provider sent an invalid response.")
+    return payload
 
 
 def _delta_chunks(delta: dict[str, Any], splitter: ThinkTagSplitter) -> Iterator[Chunk]:
