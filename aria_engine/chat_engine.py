@@ -393,6 +393,7 @@ class ChatEngine(SessionManager):
             except BaseException:
                 await _shielded(first_call.discard())
                 raise
+        self._remember(session.id, user_row)
         return session, plan, user_row, first_call
 
     @staticmethod
@@ -590,7 +591,7 @@ class ChatEngine(SessionManager):
         turn_id = turn.control.turn_id
         counters = self._call_counters(call)
         async with self._db_factory.begin() as db:
-            await store.append_message(
+            row = await store.append_message(
                 db,
                 turn.session_id,
                 role="assistant",
@@ -604,6 +605,7 @@ class ChatEngine(SessionManager):
                 finish_reason=FinishReason.TOOL_CALLS.value,
                 metadata_=self._usage_metadata(call),
             )
+        self._remember(turn.session_id, row)
         turn.add_usage(counters)
         turn.call = None
         turn.pending_tool_calls = list(calls)
@@ -620,7 +622,7 @@ class ChatEngine(SessionManager):
                 name, tool_call["function"]["arguments"], agent_id=turn.agent_id
             )
             async with self._db_factory.begin() as db:
-                await store.append_message(
+                row = await store.append_message(
                     db,
                     turn.session_id,
                     role="tool",
@@ -630,6 +632,7 @@ class ChatEngine(SessionManager):
                     tool_name=name,
                     metadata_=None if result.success else {"success": False},
                 )
+            self._remember(turn.session_id, row)
             turn.pending_tool_calls.pop(0)
             yield ToolResultEvent(
                 turn_id, turn.next_seq(), tool_call["id"], name, result.content, result.success
@@ -673,10 +676,11 @@ class ChatEngine(SessionManager):
         """Write the turn's final assistant row, release the lease, and build the closing event."""
         call = turn.call
         counters = self._call_counters(call) if call else MessageCounters()
+        written: list[ChatMessage] = []
         async with self._db_factory.begin() as db:
             for tool_call in turn.pending_tool_calls:
                 # Tools that never ran still get a result row, so the history stays well-formed.
-                await store.append_message(
+                cancelled = await store.append_message(
                     db,
                     turn.session_id,
                     role="tool",
@@ -686,6 +690,7 @@ class ChatEngine(SessionManager):
                     tool_name=tool_call["function"]["name"],
                     metadata_={"success": False},
                 )
+                written.append(cancelled)
             row = await store.append_message(
                 db,
                 turn.session_id,
@@ -701,6 +706,7 @@ class ChatEngine(SessionManager):
                 metadata_=self._usage_metadata(call) if call else None,
                 ends_turn=turn.turn_id,
             )
+        self._remember(turn.session_id, *written, row)
         turn.add_usage(counters)
         turn.call = None
         turn.pending_tool_calls = []
@@ -719,6 +725,11 @@ class ChatEngine(SessionManager):
             latency_ms=row.latency_ms or 0,
             ttft_ms=turn.ttft_ms,
         )
+
+    def _remember(self, session_id: uuid.UUID, *rows: ChatMessage) -> None:
+        """Rows this turn wrote, once committed: the history cache follows the session (see
+        history_cache.py), so its next turn here starts without reading the history."""
+        self.context.history.extend(session_id, [MessageView.from_message(row) for row in rows])
 
     def _log_finished(self, turn: _Turn, row: ChatMessage, reason: str) -> None:
         fields: dict[str, Any] = {

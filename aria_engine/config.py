@@ -104,6 +104,9 @@ class EngineConfig(BaseSettings):
     tool_result_max_chars: int = Field(default=16_000, ge=100)
     max_tools_per_request: int = Field(default=128, ge=0, le=128)
     context_safety_margin: int = Field(default=256, ge=0)
+    # Megabytes of recent history kept per process, so a session's next turn served here skips the
+    # history read (exact, see history_cache.py); 0 turns it off.
+    history_cache_mb: float = Field(default=64.0, ge=0)
     title_model: str | None = None
 
     # -- tools: per-agent allow-lists (owned by tool_registry.py) ---------------------------------

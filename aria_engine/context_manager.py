@@ -37,6 +37,7 @@ from sqlalchemy import CompoundSelect, Integer, bindparam, select, union_all
 
 from aria_engine.db.models import ChatMessage, ChatSession
 from aria_engine.exceptions import PayloadTooLarge
+from aria_engine.history_cache import HistoryCache
 
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncSession
@@ -112,6 +113,11 @@ _CONTEXT_ROWS = _context_rows_statement(this_turn_rows=True)
 _HISTORY_ROWS = _context_rows_statement(this_turn_rows=False)
 
 
+def _window_rows(context_window: int) -> int:
+    """The newest rows a context reads for a session's `context_window`."""
+    return min(max(1, context_window), MAX_CONTEXT_MESSAGES)
+
+
 class MessageView(NamedTuple):
     """The part of a `chat_messages` row the context needs (a named tuple: a turn builds one per row of
     its window, and a tuple is built several times faster than a frozen dataclass)."""
@@ -129,6 +135,11 @@ class MessageView(NamedTuple):
         """From a row of `_COLUMNS`, in that order."""
         seq, role, content, tool_calls, tool_call_id, tool_name, finish_reason = row
         return cls(seq, role, content or "", tool_calls or None, tool_call_id, tool_name, finish_reason)
+
+    @classmethod
+    def from_message(cls, message: ChatMessage) -> MessageView:
+        """From a row just written (the same view a read of it would give)."""
+        return cls.from_row(tuple(getattr(message, column.key) for column in _COLUMNS))
 
 
 def message_tokens(message: dict[str, Any], count: Count) -> int:
@@ -152,6 +163,8 @@ class ContextManager:
     def __init__(self, config: EngineConfig, count_tokens: Callable[[str, str], int]) -> None:
         self._config = config
         self._count_tokens = count_tokens
+        # Histories of sessions whose turns ran here, so the next turn's first call skips the read.
+        self.history = HistoryCache(round(config.history_cache_mb * 2**20), MAX_CONTEXT_MESSAGES)
         # Token counts of texts seen before: each turn re-reads the same history, and tokenizing it
         # again every round would cost time proportional to the whole window. Keyed by the text's hash
         # and length (the text itself is not kept) and bounded.
@@ -185,13 +198,10 @@ class ContextManager:
         `new_user_message` is a turn's user row before it is written (its seq already reserved): the
         context is then the one the database would give once it is, so the row's INSERT can wait.
         """
-        rows = await self.read_rows(
-            db,
-            session_id=session_id,
-            context_window=context_window,
-            this_turn_rows=new_user_message is None,
-        )
-        if new_user_message is not None:
+        if new_user_message is None:
+            rows = await self.read_rows(db, session_id=session_id, context_window=context_window)
+        else:
+            rows = await self._history_before(db, session_id, new_user_message.seq, context_window)
             rows.append(new_user_message)
         return self.fit(
             {"role": "system", "content": system_prompt}, rows, budget_tokens, self.counter(model_id)
@@ -216,6 +226,19 @@ class ContextManager:
 
         return count
 
+    async def _history_before(
+        self, db: AsyncSession, session_id: uuid.UUID, user_seq: int, context_window: int
+    ) -> list[MessageView]:
+        """The rows before a user row not written yet: from the history cache when it holds them all."""
+        limit = _window_rows(context_window)
+        rows = self.history.history(session_id, user_seq, limit)
+        if rows is None:
+            rows = await self.read_rows(
+                db, session_id=session_id, context_window=context_window, this_turn_rows=False
+            )
+            self.history.store(session_id, user_seq, limit, rows)
+        return list(rows)
+
     @staticmethod
     async def read_rows(
         db: AsyncSession, *, session_id: uuid.UUID, context_window: int, this_turn_rows: bool = True
@@ -229,9 +252,8 @@ class ContextManager:
         `this_turn_rows`, the first two only: the history before a user row not written yet, whose seq
         `next_seq` already counts.
         """
-        limit = min(max(1, context_window), MAX_CONTEXT_MESSAGES)
         statement = _CONTEXT_ROWS if this_turn_rows else _HISTORY_ROWS
-        rows = await db.execute(statement, {"session_id": session_id, "limit": limit})
+        rows = await db.execute(statement, {"session_id": session_id, "limit": _window_rows(context_window)})
         by_seq = {row[0]: row for row in rows}  # the parts overlap; row[0] is the seq
         return [MessageView.from_row(by_seq[seq]) for seq in sorted(by_seq)]
 
