@@ -18,6 +18,7 @@ _PACKAGES = (
     "starlette",
     "uvicorn",
     "websockets",
+    "aiohttp",
     "httpx",
     "openai",
     "sqlalchemy",
