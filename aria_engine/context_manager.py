@@ -193,7 +193,8 @@ class ContextManager:
         system_prompt: str,
         new_user_message: MessageView | None = None,
     ) -> list[dict[str, Any]]:
-        """System message first, then the kept history oldest to newest. One SQL statement.
+        """System message first, then the kept history oldest to newest. One SQL statement, or none when
+        the history cache holds a new user message's history.
 
         `new_user_message` is a turn's user row before it is written (its seq already reserved): the
         context is then the one the database would give once it is, so the row's INSERT can wait.
