@@ -116,6 +116,7 @@ class HistoryCache:
         before = window.size
         for row in rows:
             if row.seq != window.newest + 1:
+                self._bytes += window.size - before  # what this call appended, before it all goes
                 self.discard(session_id)
                 return
             window.newest = row.seq

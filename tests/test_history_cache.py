@@ -61,6 +61,7 @@ def test_a_gap_drops_the_window() -> None:
     cache.store(SESSION, 1, 50, [])
     cache.extend(SESSION, [row(1, "user"), row(3)])
     assert len(cache) == 0
+    assert cache.size_bytes == 0  # what it held, and what it took in before the gap, is let go
     assert cache.history(SESSION, 4, 50) is None
 
 
