@@ -62,7 +62,6 @@ _MAX_ERROR_BODY = 1024  # logged for operators; never sent to clients
 # A provider's line longer than this is not an SSE event we can use; holding it longer would let one
 # broken upstream take the engine's memory.
 MAX_LINE_BYTES = 16 * 2**20
-_NEWLINES = (b"\n", b"\r")
 
 
 class ThinkTagSplitter:
@@ -261,8 +260,13 @@ async def sse_lines(reads: AsyncIterable[bytes]) -> AsyncIterator[list[bytes]]:
             if len(held) > MAX_LINE_BYTES:
                 raise ProviderUnavailable("The model provider sent an invalid response.")
             continue
-        complete = bytes(held) + data[: end + 1] if held else data[: end + 1]
-        held = bytearray(data[end + 1 :])
+        # The usual read ends with its last line: no copy, and nothing held back.
+        complete = data if end + 1 == len(data) else data[: end + 1]
+        if held:
+            complete = bytes(held) + complete
+            held.clear()
+        if end + 1 < len(data):
+            held += data[end + 1 :]
         yield complete.splitlines()
     if held:
         yield [bytes(held)]
