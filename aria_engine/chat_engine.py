@@ -370,7 +370,8 @@ class ChatEngine(SessionManager):
         """Checks that can fail, then the lease and the user row in one transaction.
 
         The normal turn costs two statements before its first LLM call: take the lease (returning the
-        session, its user seq reserved) and read the history. The call is then opened, and the user row
+        session, its user seq reserved) and read the history (none for a session's first message, none
+        when the history cache holds it). The call is then opened, and the user row
         is inserted and committed while its request is on the way; if that fails, the call is closed and
         nothing of the turn was emitted. Refusals and crashed-turn takeovers go through `_start_refused`.
         """

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import orjson
 from sqlalchemy import CompoundSelect, Integer, bindparam, select, union_all
 
-from aria_engine.db.models import ChatMessage, ChatSession
+from aria_engine.db.models import FIRST_SEQ, ChatMessage, ChatSession
 from aria_engine.exceptions import PayloadTooLarge
 from aria_engine.history_cache import HistoryCache
 
@@ -234,9 +234,12 @@ class ContextManager:
         limit = _window_rows(context_window)
         rows = self.history.history(session_id, user_seq, limit)
         if rows is None:
-            rows = await self.read_rows(
-                db, session_id=session_id, context_window=context_window, this_turn_rows=False
-            )
+            if user_seq == FIRST_SEQ:  # seqs start at FIRST_SEQ without gaps: nothing comes before it
+                rows = []
+            else:
+                rows = await self.read_rows(
+                    db, session_id=session_id, context_window=context_window, this_turn_rows=False
+                )
             self.history.store(session_id, user_seq, limit, rows)
         return list(rows)
 

@@ -62,3 +62,20 @@ async def test_a_session_with_10000_messages_sends_with_the_same_statements_as_o
     assert len(small_statements) <= 12, small_statements
     # The context sent to the provider is bounded by the session's context_window.
     assert len(fake_llm.requests[-1]["messages"]) <= 1 + 20 + 1
+
+
+async def test_a_sessions_first_turn_reads_no_history_and_its_second_reads_it_from_the_cache(
+    make_engine, fake_llm
+) -> None:  # type: ignore[no-untyped-def]
+    engine = await make_engine()
+    session = await engine.create_session(owner="o")
+
+    first = await _statements_for_one_turn(engine, session["id"])
+    second = await _statements_for_one_turn(engine, session["id"])
+
+    # Seqs start at 1 with no gaps, so the first message has nothing before it to read.
+    assert "SELECT" not in first, first
+    assert "SELECT" not in second, second
+    sent = fake_llm.requests[-1]["messages"]
+    assert [m["role"] for m in sent if m["role"] != "system"] == ["user", "assistant", "user"]
+    assert sent[-1]["content"] == sent[-3]["content"] == "and now?"

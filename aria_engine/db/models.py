@@ -35,7 +35,9 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from aria_engine.db.types import Money
 
-__all__ = ["ApiKey", "Base", "ChatMessage", "ChatSession", "utcnow"]
+__all__ = ["FIRST_SEQ", "ApiKey", "Base", "ChatMessage", "ChatSession", "utcnow"]
+
+FIRST_SEQ = 1  # the seq of a session's first message; every later one takes the next, with no gaps
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -79,7 +81,7 @@ class ChatSession(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    next_seq: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    next_seq: Mapped[int] = mapped_column(Integer, default=FIRST_SEQ, server_default=str(FIRST_SEQ))
     # The turn lock is a lease on the session row: it works the same on SQLite and PostgreSQL, across
     # processes, and holds no database connection for the length of a turn (an advisory lock would).
     active_turn_id: Mapped[uuid.UUID | None] = mapped_column(Uuid)
