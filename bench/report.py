@@ -281,8 +281,14 @@ def _many(results: dict[str, Any]) -> list[str]:
             "",
         ]
         rows = []
-        for label, part in (("engine", entry.get("engine")), ("direct SSE (floor)", entry.get("direct"))):
+        paths = (
+            ("engine", entry.get("engine")),
+            ("bare relay (ceiling)", entry.get("relay")),
+            ("direct SSE (floor)", entry.get("direct")),
+        )
+        for label, part in paths:
             if part:
+                cpu = pick(part, "summary", "server_cpu_cores")
                 rows.append(
                     [
                         label,
@@ -292,10 +298,21 @@ def _many(results: dict[str, Any]) -> list[str]:
                         _med(part, "ttft_p99", 0),
                         _med(part, "streams_completed", 0),
                         _med(part, "errors", 0),
+                        _med(part, "server_cpu_cores", 2) if cpu else "-",
                     ]
                 )
         lines += _table(
-            ["Path", "Added p50", "Added p99", "Added max", "TTFT p99", "Streams done", "Errors"], rows
+            [
+                "Path",
+                "Added p50",
+                "Added p99",
+                "Added max",
+                "TTFT p99",
+                "Streams done",
+                "Errors",
+                "Server cores",
+            ],
+            rows,
         )
         engine = entry.get("engine") or {}
         lines += _table(

@@ -4,8 +4,10 @@ All sockets are opened first; the server's RSS is read before (baseline) and wit
 idle; then all turns start, spread over a short ramp, and a sampler records the server's RSS and CPU
 while they stream. The added inter-token delay of a stream is each gap between two tokens minus the
 provider's schedule (the per-token delay); the same clients reading the provider directly give the
-floor (client and provider jitter on this machine). The engine's own TTFT (stored on each assistant row,
-measured from the start of its LLM call) separates waiting before the call from delivering it.
+floor (client and provider jitter on this machine), and the bare relay of scenario 2 (no database) under
+the same load gives the ceiling a one-process Python WebSocket server reaches here. The engine's own TTFT
+(stored on each assistant row, measured from the start of its LLM call) separates waiting before the call
+from delivering it.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from bench.database import assistant_timings
-from bench.harness import Bench, EngineHandle, Sampler
+from bench.harness import RELAY_WS, Bench, EngineHandle, Sampler
 from bench.scenarios import ms
 from bench.stats import across_repeats, summarize
 
@@ -71,13 +73,27 @@ def _engine_repeat(bench: Bench, engine: EngineHandle, urls: list[str], delay: f
     return {"row": row, "error_sample": result["error_sample"]}
 
 
+def _relay_repeat(bench: Bench, delay: float) -> dict[str, float]:
+    """The same load on the bare relay: what a WebSocket server with nothing to do but relay adds."""
+    sizes = bench.sizes
+    with bench.relay(RELAY_WS) as relay:
+        urls = [f"ws://127.0.0.1:{relay.port}/ws/relay"] * sizes.many_streams
+        sampler = Sampler(relay, period=0.25)
+        job = bench.ws_job(urls, record_gaps=True, ramp=sizes.many_ramp, phased=True, connect_concurrency=100)
+        try:
+            result = bench.turns(job, processes=sizes.many_processes, on_ready=sampler.__enter__)
+        finally:
+            sampler.__exit__()
+    return _added(result, delay) | {"server_cpu_cores": sampler.cpu_cores()}
+
+
 def run(bench: Bench, engine: EngineHandle) -> dict[str, Any]:
     sizes = bench.sizes
     delay = 1.0 / sizes.many_rate
     bench.configure_provider(tokens=sizes.many_tokens, delay=delay)
     urls = [engine.ws_url(sid) for sid in engine.create_sessions(sizes.many_streams)]
     repeats = max(1, min(sizes.repeats, 2))  # each repeat streams for many_tokens / many_rate seconds
-    engine_rows, direct_rows, errors = [], [], []
+    engine_rows, direct_rows, relay_rows, errors = [], [], [], []
     for _ in range(repeats):
         measured = _engine_repeat(bench, engine, urls, delay)
         engine_rows.append(measured["row"])
@@ -90,11 +106,13 @@ def run(bench: Bench, engine: EngineHandle) -> dict[str, Any]:
             ramp=sizes.many_ramp,
         )
         direct_rows.append(_added(bench.turns(direct_job, processes=sizes.many_processes), delay))
+        relay_rows.append(_relay_repeat(bench, delay))
     return {
         "streams": sizes.many_streams,
         "tokens_per_stream": sizes.many_tokens,
         "tokens_per_second_per_stream": sizes.many_rate,
         "engine": {"repeats": engine_rows, "summary": across_repeats(engine_rows)},
         "direct": {"repeats": direct_rows, "summary": across_repeats(direct_rows)},
+        "relay": {"repeats": relay_rows, "summary": across_repeats(relay_rows)},
         "error_samples": errors[:3],
     }
