@@ -121,7 +121,8 @@ class Sampler:
 
     def __exit__(self, *_exc: object) -> None:
         self._stop.set()
-        self._thread.join()
+        if self._thread.ident is not None:  # never entered when the load failed before its release
+            self._thread.join()
         self.samples.append((time.perf_counter(), self.service.rss(), self.service.cpu()))
 
     def peak_rss(self) -> int:

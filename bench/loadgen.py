@@ -166,11 +166,12 @@ async def _ws_turns(job: Job) -> dict[str, Any]:
         except Exception as exc:  # a dropped connection ends this client, and is counted
             rec.fail(f"turn: {type(exc).__name__}: {exc}")
 
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     await asyncio.gather(*(drive(i, ws) for i, ws in enumerate(live)))
     elapsed = time.perf_counter() - started
+    cores = (time.process_time() - cpu_started) / elapsed if elapsed else 0.0
     await asyncio.gather(*(ws.close() for ws in live), return_exceptions=True)
-    return rec.result() | {"elapsed": elapsed, "connections": len(live)}
+    return rec.result() | {"elapsed": elapsed, "connections": len(live), "client_cores": cores}
 
 
 def _sse_tokens(buffer: bytearray, arrivals: list[float], now: float) -> bytearray:
@@ -231,10 +232,11 @@ async def _sse_turns(job: Job) -> dict[str, Any]:
             except Exception as exc:  # a failed stream is counted, the others go on
                 rec.fail(f"stream: {type(exc).__name__}: {exc}")
 
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.process_time()
         await asyncio.gather(*(drive(i) for i in range(streams)))
         elapsed = time.perf_counter() - started
-    return rec.result() | {"elapsed": elapsed, "connections": streams}
+        cores = (time.process_time() - cpu_started) / elapsed if elapsed else 0.0
+    return rec.result() | {"elapsed": elapsed, "connections": streams, "client_cores": cores}
 
 
 async def _http(job: Job) -> dict[str, Any]:

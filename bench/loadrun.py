@@ -101,6 +101,7 @@ def merge_turns(results: list[dict[str, Any]]) -> dict[str, Any]:
     merged["errors"] = sum(r["errors"] for r in results)
     merged["error_sample"] = next((r["error_sample"] for r in results if r["error_sample"]), "")
     merged["connections"] = sum(r.get("connections", 0) for r in results)
+    merged["client_cores"] = sum(r.get("client_cores", 0.0) for r in results)  # while driving turns
     merged["window"] = (max(ends) - min(starts)) if starts and ends else 0.0
     # From the first token anywhere to the last `done`: the streaming rate without turn set-up.
     firsts = [r["first_token"] for r in results if r.get("first_token") is not None]

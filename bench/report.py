@@ -299,6 +299,8 @@ def _many(results: dict[str, Any]) -> list[str]:
                         _med(part, "streams_completed", 0),
                         _med(part, "errors", 0),
                         _med(part, "server_cpu_cores", 2) if cpu else "-",
+                        _med(part, "provider_cores", 2),
+                        _med(part, "client_cores", 2),
                     ]
                 )
         lines += _table(
@@ -311,6 +313,8 @@ def _many(results: dict[str, Any]) -> list[str]:
                 "Streams done",
                 "Errors",
                 "Server cores",
+                "Provider cores",
+                "Client cores",
             ],
             rows,
         )
@@ -424,14 +428,40 @@ def _peer(results: dict[str, Any]) -> list[str]:
         return [*lines, f"Failed: `{_failed(peer)}`", ""]
     if not peer.get("available"):
         return [*lines, f"Not measured: {peer.get('reason')}", ""]
-    return [
-        *lines,
+    lines += [
         f"LiteLLM {peer.get('version')} (`litellm[proxy]`, own virtualenv, no database, offline settings), "
-        "same provider and clients. Its numbers are in the tables of scenarios 1, 2 and 4; it speaks SSE, "
-        "the engine WebSocket, and the engine persists every turn while LiteLLM stores nothing. "
+        "same provider and clients. Its TTFT and throughput are in the tables of scenarios 1 and 2; it "
+        "speaks SSE, the engine WebSocket, and the engine persists every turn while LiteLLM stores nothing. "
         f"RSS after the run: {_num(peer.get('rss_mb_after'))} MB.",
         "",
     ]
+    ours = peer.get("engine_non_streaming") or {}
+    if not ours:
+        return lines
+    rows = []
+    for concurrency, theirs in (peer.get("non_streaming") or {}).items():
+        mine = ours.get(concurrency) or {}
+        rate, peer_rate = pick(mine, "summary", "rps", "median"), pick(theirs, "summary", "rps", "median")
+        rows.append(
+            [
+                concurrency,
+                _med(mine, "rps", 0),
+                _med(mine, "p99", 2),
+                _med(theirs, "rps", 0),
+                _med(theirs, "p99", 2),
+                f"{rate / peer_rate:.2f}x" if rate and peer_rate else "-",
+            ]
+        )
+    lines += [
+        f"Non-streaming, head to head: the engine's send (on {peer.get('engine_backend')}, every turn "
+        "persisted) and LiteLLM's chat completion, measured in alternating windows (ABBA). "
+        "Requests/s and latency in ms.",
+        "",
+    ]
+    return lines + _table(
+        ["Concurrency", "Engine req/s", "Engine p99", "LiteLLM req/s", "LiteLLM p99", "Engine / LiteLLM"],
+        rows,
+    )
 
 
 def _soak(results: dict[str, Any]) -> list[str]:

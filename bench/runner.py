@@ -102,7 +102,8 @@ def run_benchmark(options: RunOptions) -> Path:
                 _run_backend(bench, backend, sorted(wanted - {6}), results, work_dir)
         if 6 in options.scenarios:
             _log("scenario 6 (LiteLLM's proxy)")
-            _timed(results, "peer", None, lambda: peer.run(bench, options.litellm_install))
+            backend = "postgres" if "postgres" in options.backends else options.backends[0]
+            _timed(results, "peer", None, lambda: peer.run(bench, options.litellm_install, backend))
         results["database_versions"] = bench.database_versions
         results["profiles"] = bench.profiles
     results["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")

@@ -105,6 +105,11 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
     top = str(max((results.get("sizes") or {}).get("rest_concurrency") or [64]))
     ours_rps = pick(scenarios, "rest", "postgres", "send_message", top, "summary", "rps", "median")
     ours_p99 = pick(scenarios, "rest", "postgres", "send_message", top, "summary", "p99", "median")
+    how = "scenario 4, measured before LiteLLM"
+    if pick(peer, "engine_non_streaming", top) is not None:  # measured alternately with LiteLLM: preferred
+        ours_rps = pick(peer, "engine_non_streaming", top, "summary", "rps", "median")
+        ours_p99 = pick(peer, "engine_non_streaming", top, "summary", "p99", "median")
+        how = "alternated with LiteLLM, window by window"
     if peer.get("available"):
         theirs_rps = pick(peer, "non_streaming", top, "summary", "rps", "median")
         theirs_p99 = pick(peer, "non_streaming", top, "summary", "p99", "median")
@@ -116,7 +121,7 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                     ours_rps / theirs_rps,
                     "x LiteLLM",
                     ours_rps > theirs_rps,
-                    f"engine {ours_rps:.0f}/s with persistence, LiteLLM {theirs_rps:.0f}/s",
+                    f"engine {ours_rps:.0f}/s with persistence, LiteLLM {theirs_rps:.0f}/s ({how})",
                 )
             )
         if ours_p99 is not None and theirs_p99:
@@ -127,7 +132,7 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                     ours_p99,
                     "ms",
                     ours_p99 < theirs_p99,
-                    f"LiteLLM p99 {theirs_p99:.1f} ms",
+                    f"LiteLLM p99 {theirs_p99:.1f} ms ({how})",
                 )
             )
     elif "peer" in scenarios:

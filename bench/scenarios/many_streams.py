@@ -26,7 +26,9 @@ __all__ = ["run"]
 SETTLE_SECONDS = 1.0
 
 
-def _added(result: dict[str, Any], delay: float) -> dict[str, float]:
+def _added(result: dict[str, Any], delay: float, provider: Sampler | None = None) -> dict[str, float]:
+    """The delay added to the schedule, and the CPU the provider and the load generators took: on a
+    small machine they share the cores with the server being measured."""
     added = summarize(ms([gap - delay for gap in result["gaps"]]))
     ttft = summarize(ms(result["ttft"]))
     return {
@@ -37,6 +39,8 @@ def _added(result: dict[str, Any], delay: float) -> dict[str, float]:
         "ttft_p99": ttft.get("p99", float("nan")),
         "streams_completed": float(len(result["total"])),
         "errors": float(result["errors"]),
+        "client_cores": float(result.get("client_cores", float("nan"))),
+        "provider_cores": provider.cpu_cores() if provider is not None else float("nan"),
     }
 
 
@@ -45,11 +49,13 @@ def _engine_repeat(bench: Bench, engine: EngineHandle, urls: list[str], delay: f
     time.sleep(SETTLE_SECONDS)
     state: dict[str, Any] = {"base": engine.service.rss()}
     sampler = Sampler(engine.service, period=0.25)
+    provider = Sampler(bench.provider, period=0.25)
 
     def on_ready() -> None:
         time.sleep(SETTLE_SECONDS)
         state["idle"] = engine.service.rss()
         sampler.__enter__()
+        provider.__enter__()
 
     job = bench.ws_job(urls, record_gaps=True, ramp=sizes.many_ramp, phased=True, connect_concurrency=100)
     since = datetime.now(UTC)
@@ -58,10 +64,11 @@ def _engine_repeat(bench: Bench, engine: EngineHandle, urls: list[str], delay: f
     finally:
         if "idle" in state:
             sampler.__exit__()
+            provider.__exit__()
     streams = len(urls)
     server = assistant_timings(engine.database.url, since)
     server_ttft = summarize(float(ttft) for ttft, _ in server)
-    row = _added(result, delay) | {
+    row = _added(result, delay, provider) | {
         "server_ttft_p50": server_ttft.get("p50", float("nan")),
         "server_ttft_p99": server_ttft.get("p99", float("nan")),
         "rss_base_mb": state["base"] / 2**20,
@@ -78,13 +85,19 @@ def _relay_repeat(bench: Bench, delay: float) -> dict[str, float]:
     sizes = bench.sizes
     with bench.relay(RELAY_WS) as relay:
         urls = [f"ws://127.0.0.1:{relay.port}/ws/relay"] * sizes.many_streams
-        sampler = Sampler(relay, period=0.25)
+        sampler, provider = Sampler(relay, period=0.25), Sampler(bench.provider, period=0.25)
+
+        def on_ready() -> None:
+            sampler.__enter__()
+            provider.__enter__()
+
         job = bench.ws_job(urls, record_gaps=True, ramp=sizes.many_ramp, phased=True, connect_concurrency=100)
         try:
-            result = bench.turns(job, processes=sizes.many_processes, on_ready=sampler.__enter__)
+            result = bench.turns(job, processes=sizes.many_processes, on_ready=on_ready)
         finally:
             sampler.__exit__()
-    return _added(result, delay) | {"server_cpu_cores": sampler.cpu_cores()}
+            provider.__exit__()
+    return _added(result, delay, provider) | {"server_cpu_cores": sampler.cpu_cores()}
 
 
 def run(bench: Bench, engine: EngineHandle) -> dict[str, Any]:
@@ -105,7 +118,13 @@ def run(bench: Bench, engine: EngineHandle) -> dict[str, Any]:
             record_gaps=True,
             ramp=sizes.many_ramp,
         )
-        direct_rows.append(_added(bench.turns(direct_job, processes=sizes.many_processes), delay))
+        provider = Sampler(bench.provider, period=0.25)
+        direct_job["phased"] = True  # the provider's CPU is sampled from the release, as for the others
+        try:
+            result = bench.turns(direct_job, processes=sizes.many_processes, on_ready=provider.__enter__)
+        finally:
+            provider.__exit__()
+        direct_rows.append(_added(result, delay, provider))
         relay_rows.append(_relay_repeat(bench, delay))
     return {
         "streams": sizes.many_streams,
