@@ -310,7 +310,7 @@ class LLMGateway:
                 upstream, chunk, deadline = await self._open(info, request)
             except LLMError as exc:
                 error = exc
-                logger.warning("model %s failed before any output (%s)", info.id, exc.code)
+                logger.warning("model %s failed before any output (%s)", info.id, _why(exc))
                 continue
             # aclosing: closing this stream must close the relay (and the upstream) now, not at GC time.
             opened = enable_thinking and info.reasoning and info.thinking_opened_by_template
@@ -397,7 +397,7 @@ class LLMGateway:
                 if attempt + 1 == attempts:
                     raise
                 delay = self._backoff(attempt, exc)
-                logger.info("retrying %s in %.2fs after %s", info.id, delay, exc.code)
+                logger.info("retrying %s in %.2fs after %s", info.id, delay, _why(exc))
                 await anyio.sleep(delay)
                 continue
             except BaseException:
@@ -662,6 +662,13 @@ def _reclassified(chunk: Chunk, splitter: ThinkTagSplitter | None) -> Iterable[C
     if isinstance(chunk, FinishChunk | UsageChunk):
         return [*splitter.flush(), chunk]
     return (chunk,)
+
+
+def _why(exc: LLMError) -> str:
+    """The error's code, and the low-level failure behind it (its class name only: no message text,
+    which can carry a URL or a provider's body), for operators reading the logs."""
+    cause = exc.__cause__
+    return f"{exc.code}: {type(cause).__name__}" if cause is not None else exc.code
 
 
 async def _close(upstream: AsyncIterator[Chunk]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import os
 import socket
@@ -12,6 +13,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -271,3 +273,87 @@ def test_fake_llm_command_serves_replies(tmp_path: Path) -> None:
     finally:
         process.terminate()
         process.wait(timeout=10)
+
+
+# -- a pooled connection the provider closed --------------------------------------------------------------
+
+
+class _HangingUpProvider:
+    """A real HTTP/1.1 server speaking just enough of the wire format, which closes a keep-alive
+    connection when a request arrives on it after `answers_per_connection` answers: what a server that
+    closed an idle connection looks like to a client that reused it before seeing the close."""
+
+    def __init__(self, answers_per_connection: int) -> None:
+        self.answers_per_connection = answers_per_connection
+        self.connections = 0
+        self.requests = 0
+        self.url = ""
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> _HangingUpProvider:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.url = f"http://127.0.0.1:{self._server.sockets[0].getsockname()[1]}/v1"
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        await self._server.wait_closed()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        answered = 0
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next(
+                    int(line.split(b":", 1)[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length:")
+                )
+                await reader.readexactly(length)
+                self.requests += 1
+                if answered == self.answers_per_connection:
+                    return  # closed without an answer
+                chunk = {"choices": [{"index": 0, "delta": {"content": "pong"}, "finish_reason": None}]}
+                body = b"data: " + orjson.dumps(chunk) + b"\n\ndata: [DONE]\n\n"
+                head = f"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: {len(body)}"
+                writer.write(head.encode() + b"\r\n\r\n" + body)
+                await writer.drain()
+                answered += 1
+        except (asyncio.IncompleteReadError, ConnectionError):
+            return
+        finally:
+            writer.close()
+
+
+async def _text(provider: OpenAICompatibleProvider) -> str:
+    chunks = [chunk async for chunk in provider.stream(LLMRequest(model="m", messages=HELLO))]
+    return "".join(chunk.text for chunk in chunks if isinstance(chunk, ContentDelta))
+
+
+async def test_a_pooled_connection_the_provider_closed_is_retried_at_once_on_a_new_one() -> None:
+    async with _HangingUpProvider(answers_per_connection=1) as server:
+        provider = OpenAICompatibleProvider("hangs-up", server.url)
+        try:
+            assert await _text(provider) == "pong"
+            # The next request goes out on the pooled connection, which the server closes: the call
+            # still succeeds, on a new connection, and no error reaches the gateway (so no backoff, and
+            # nothing counted toward the circuit breaker).
+            assert await _text(provider) == "pong"
+        finally:
+            await provider.aclose()
+    assert (server.connections, server.requests) == (2, 3)
+
+
+async def test_a_new_connection_closed_without_an_answer_is_a_failure() -> None:
+    async with _HangingUpProvider(answers_per_connection=0) as server:
+        provider = OpenAICompatibleProvider("hangs-up", server.url)
+        try:
+            with pytest.raises(ProviderUnavailable):
+                await _text(provider)
+        finally:
+            await provider.aclose()
+    # One retry on a new connection, then the failure is the provider's: the gateway retries and
+    # counts it.
+    assert (server.connections, server.requests) == (2, 2)

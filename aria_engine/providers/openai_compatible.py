@@ -162,6 +162,7 @@ class OpenAICompatibleProvider:
         self._max_connections = max_connections
         self._proxy = environment_proxy(self._url)
         self._session: aiohttp.ClientSession | None = None
+        self._unpooled: aiohttp.ClientSession | None = None  # for the retry of a stale connection
 
     def _client(self) -> aiohttp.ClientSession:
         """The provider's session, opened on first use (aiohttp binds it to the running event loop)."""
@@ -176,10 +177,39 @@ class OpenAICompatibleProvider:
             )
         return self._session
 
+    def _fresh_client(self) -> aiohttp.ClientSession:
+        """A session whose every request opens a new connection (nothing pooled, so nothing stale)."""
+        if self._unpooled is None:
+            self._unpooled = aiohttp.ClientSession(
+                headers=self._headers,
+                connector=aiohttp.TCPConnector(limit=self._max_connections, force_close=True),
+                timeout=aiohttp.ClientTimeout(total=None, connect=self._connect_timeout, sock_read=None),
+            )
+        return self._unpooled
+
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        for session in (self._session, self._unpooled):
+            if session is not None:
+                await session.close()
+        self._session = self._unpooled = None
+
+    async def _post(self, content: bytes) -> aiohttp.ClientResponse:
+        """Send the request; one closed before any answer is sent again at once, on a new connection.
+
+        Servers close idle keep-alive connections (uvicorn after 5 s), and a client that reuses one just
+        then, before it has seen the close (a busy event loop is late to), fails before any answer: the
+        provider never read the request. That says nothing about the provider's health, so it is not
+        raised: the gateway neither waits a backoff nor counts it toward the circuit breaker (under a
+        burst, a few such failures in a row opened the circuit of a healthy provider). A failure on the
+        new connection is a real one. Failing to connect at all is not retried here.
+        """
+        try:
+            return await self._client().post(self._url, data=content, proxy=self._proxy)
+        except aiohttp.ClientConnectorError:
+            raise
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+            logger.info("provider closed a pooled connection; retrying on a new one")
+            return await self._fresh_client().post(self._url, data=content, proxy=self._proxy)
 
     def body(self, request: LLMRequest) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -200,7 +230,7 @@ class OpenAICompatibleProvider:
     async def stream(self, request: LLMRequest) -> AsyncIterator[Chunk]:
         content = orjson.dumps(self.body(request))
         try:
-            async with self._client().post(self._url, data=content, proxy=self._proxy) as response:
+            async with await self._post(content) as response:
                 try:
                     if response.status >= 400:
                         await _read_error_body(response)
