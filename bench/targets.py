@@ -63,9 +63,13 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         note = "" if streams == 1000 else f"measured with {streams} streams (this mode), not 1,000"
         p99 = pick(many, "engine", "summary", "added_p99", "median")
         relay_p99 = pick(many, "relay", "summary", "added_p99", "median")
-        relay_note = ""
-        if relay_p99 is not None:  # the ceiling under the same load says whether one process can meet it
-            relay_note = f"bare relay under the same load: {relay_p99:.0f} ms"
+        floor_p99 = pick(many, "direct", "summary", "added_p99", "median")
+        # The ceiling and the floor under the same load say whether this machine can meet it at all.
+        relay_note = "; ".join(
+            f"{label} under the same load: {value:.0f} ms"
+            for label, value in (("bare relay", relay_p99), ("direct SSE floor", floor_p99))
+            if value is not None
+        )
         rows.append(
             _row(
                 "Concurrent streams: added inter-token delay p99",
