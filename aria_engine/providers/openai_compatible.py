@@ -167,25 +167,26 @@ class OpenAICompatibleProvider:
     def _client(self) -> aiohttp.ClientSession:
         """The provider's session, opened on first use (aiohttp binds it to the running event loop)."""
         if self._session is None:
-            self._session = aiohttp.ClientSession(
-                headers=self._headers,
-                # A stream holds its connection for the whole answer: the pool must cover concurrent
-                # turns. `connect` bounds waiting for a pooled connection and opening a new one alike.
-                connector=aiohttp.TCPConnector(limit=self._max_connections, limit_per_host=0),
-                # No read timeout: first-token/idle/total deadlines are the gateway's, for all adapters.
-                timeout=aiohttp.ClientTimeout(total=None, connect=self._connect_timeout, sock_read=None),
-            )
+            # A stream holds its connection for the whole answer: the pool must cover concurrent turns.
+            self._session = self._new_session(aiohttp.TCPConnector(limit=self._max_connections))
         return self._session
 
     def _fresh_client(self) -> aiohttp.ClientSession:
         """A session whose every request opens a new connection (nothing pooled, so nothing stale)."""
         if self._unpooled is None:
-            self._unpooled = aiohttp.ClientSession(
-                headers=self._headers,
-                connector=aiohttp.TCPConnector(limit=self._max_connections, force_close=True),
-                timeout=aiohttp.ClientTimeout(total=None, connect=self._connect_timeout, sock_read=None),
+            self._unpooled = self._new_session(
+                aiohttp.TCPConnector(limit=self._max_connections, force_close=True)
             )
         return self._unpooled
+
+    def _new_session(self, connector: aiohttp.TCPConnector) -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(
+            headers=self._headers,
+            connector=connector,
+            # `connect` bounds waiting for a pooled connection and opening a new one alike. No read
+            # timeout: the first-token/idle/total deadlines are the gateway's, for all adapters.
+            timeout=aiohttp.ClientTimeout(total=None, connect=self._connect_timeout, sock_read=None),
+        )
 
     async def aclose(self) -> None:
         for session in (self._session, self._unpooled):
