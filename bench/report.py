@@ -288,7 +288,6 @@ def _many(results: dict[str, Any]) -> list[str]:
         )
         for label, part in paths:
             if part:
-                cpu = pick(part, "summary", "server_cpu_cores")
                 rows.append(
                     [
                         label,
@@ -298,7 +297,7 @@ def _many(results: dict[str, Any]) -> list[str]:
                         _med(part, "ttft_p99", 0),
                         _med(part, "streams_completed", 0),
                         _med(part, "errors", 0),
-                        _med(part, "server_cpu_cores", 2) if cpu else "-",
+                        _med(part, "server_cpu_cores", 2),  # "-" for the direct path: no server
                         _med(part, "provider_cores", 2),
                         _med(part, "client_cores", 2),
                     ]

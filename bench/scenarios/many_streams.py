@@ -13,11 +13,13 @@ from delivering it.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 from bench.database import assistant_timings
 from bench.harness import RELAY_WS, Bench, EngineHandle, Sampler
+from bench.procs import Service
 from bench.scenarios import ms
 from bench.stats import across_repeats, summarize
 
@@ -44,27 +46,39 @@ def _added(result: dict[str, Any], delay: float, provider: Sampler | None = None
     }
 
 
+def _sampled_load(
+    bench: Bench, job: dict[str, Any], services: list[Service], before: Callable[[], None] | None = None
+) -> tuple[dict[str, Any], list[Sampler]]:
+    """Run a phased load, sampling each service's CPU and RSS from the moment the clients are released
+    (after `before`, run once every client is connected)."""
+    samplers = [Sampler(service, period=0.25) for service in services]
+
+    def on_ready() -> None:
+        if before is not None:
+            before()
+        for sampler in samplers:
+            sampler.__enter__()
+
+    try:
+        result = bench.turns(job | {"phased": True}, processes=bench.sizes.many_processes, on_ready=on_ready)
+    finally:
+        for sampler in samplers:
+            sampler.__exit__()
+    return result, samplers
+
+
 def _engine_repeat(bench: Bench, engine: EngineHandle, urls: list[str], delay: float) -> dict[str, Any]:
     sizes = bench.sizes
     time.sleep(SETTLE_SECONDS)
     state: dict[str, Any] = {"base": engine.service.rss()}
-    sampler = Sampler(engine.service, period=0.25)
-    provider = Sampler(bench.provider, period=0.25)
 
-    def on_ready() -> None:
+    def measure_idle() -> None:
         time.sleep(SETTLE_SECONDS)
         state["idle"] = engine.service.rss()
-        sampler.__enter__()
-        provider.__enter__()
 
-    job = bench.ws_job(urls, record_gaps=True, ramp=sizes.many_ramp, phased=True, connect_concurrency=100)
+    job = bench.ws_job(urls, record_gaps=True, ramp=sizes.many_ramp, connect_concurrency=100)
     since = datetime.now(UTC)
-    try:
-        result = bench.turns(job, processes=sizes.many_processes, on_ready=on_ready)
-    finally:
-        if "idle" in state:
-            sampler.__exit__()
-            provider.__exit__()
+    result, (sampler, provider) = _sampled_load(bench, job, [engine.service, bench.provider], measure_idle)
     streams = len(urls)
     server = assistant_timings(engine.database.url, since)
     server_ttft = summarize(float(ttft) for ttft, _ in server)
@@ -85,18 +99,8 @@ def _relay_repeat(bench: Bench, delay: float) -> dict[str, float]:
     sizes = bench.sizes
     with bench.relay(RELAY_WS) as relay:
         urls = [f"ws://127.0.0.1:{relay.port}/ws/relay"] * sizes.many_streams
-        sampler, provider = Sampler(relay, period=0.25), Sampler(bench.provider, period=0.25)
-
-        def on_ready() -> None:
-            sampler.__enter__()
-            provider.__enter__()
-
-        job = bench.ws_job(urls, record_gaps=True, ramp=sizes.many_ramp, phased=True, connect_concurrency=100)
-        try:
-            result = bench.turns(job, processes=sizes.many_processes, on_ready=on_ready)
-        finally:
-            sampler.__exit__()
-            provider.__exit__()
+        job = bench.ws_job(urls, record_gaps=True, ramp=sizes.many_ramp, connect_concurrency=100)
+        result, (sampler, provider) = _sampled_load(bench, job, [relay, bench.provider])
     return _added(result, delay, provider) | {"server_cpu_cores": sampler.cpu_cores()}
 
 
@@ -118,12 +122,7 @@ def run(bench: Bench, engine: EngineHandle) -> dict[str, Any]:
             record_gaps=True,
             ramp=sizes.many_ramp,
         )
-        provider = Sampler(bench.provider, period=0.25)
-        direct_job["phased"] = True  # the provider's CPU is sampled from the release, as for the others
-        try:
-            result = bench.turns(direct_job, processes=sizes.many_processes, on_ready=provider.__enter__)
-        finally:
-            provider.__exit__()
+        result, (provider,) = _sampled_load(bench, direct_job, [bench.provider])
         direct_rows.append(_added(result, delay, provider))
         relay_rows.append(_relay_repeat(bench, delay))
     return {

@@ -16,11 +16,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.harness import API, Bench, EngineHandle
+from bench.harness import Bench, EngineHandle
 from bench.litellm_peer import ensure_venv, litellm_service, litellm_version
 from bench.provider import MODEL
 from bench.scenarios import throughput
-from bench.scenarios.rest import SEND_TOKENS, measure_endpoint
+from bench.scenarios.rest import SEND_TOKENS, measure_endpoint, send_template
 from bench.scenarios.ttft import measure_overhead
 from bench.stats import across_repeats
 
@@ -62,14 +62,7 @@ def _head_to_head(bench: Bench, litellm_url: str, engine: EngineHandle) -> dict[
     senders = engine.create_sessions(max(bench.sizes.rest_concurrency))
     body = {"model": MODEL, "messages": [{"role": "user", "content": "hello"}]}
     servers = {
-        "engine_non_streaming": (
-            engine.base_url,
-            lambda i: {
-                "method": "POST",
-                "path": f"{API}/sessions/{senders[i]}/messages",
-                "json": {"content": "hello"},
-            },
-        ),
+        "engine_non_streaming": (engine.base_url, send_template(senders)),
         "non_streaming": (
             litellm_url,
             lambda _i: {"method": "POST", "path": "/v1/chat/completions", "json": body},

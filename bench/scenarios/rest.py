@@ -19,11 +19,20 @@ from bench.provider import MODEL
 from bench.scenarios import ms
 from bench.stats import across_repeats, summarize
 
-__all__ = ["SEND_TOKENS", "measure_endpoint", "run"]
+__all__ = ["SEND_TOKENS", "measure_endpoint", "run", "send_template"]
 
 SEND_TOKENS = 16  # the answer length of every non-streaming send (engine and LiteLLM alike)
 
 Template = Callable[[int], dict[str, Any]]
+
+
+def send_template(senders: list[str]) -> Template:
+    """A non-streaming send per client, each to a session of its own (a session runs one turn at a time)."""
+    return lambda i: {
+        "method": "POST",
+        "path": f"{API}/sessions/{senders[i]}/messages",
+        "json": {"content": "hello"},
+    }
 
 
 def measure_endpoint(
@@ -70,11 +79,7 @@ def run(bench: Bench, engine: EngineHandle) -> dict[str, Any]:
         "list_sessions": lambda _i: {"method": "GET", "path": f"{API}/sessions?page=1&page_size=20"},
         "get_session": lambda _i: {"method": "GET", "path": f"{API}/sessions/{detail}"},
         "create_session": lambda _i: {"method": "POST", "path": f"{API}/sessions", "json": {}},
-        "send_message": lambda i: {
-            "method": "POST",
-            "path": f"{API}/sessions/{senders[i]}/messages",
-            "json": {"content": "hello"},
-        },
+        "send_message": send_template(senders),
     }
     repeats = max(1, sizes.repeats - 1)
     bench.profile_target = engine.service
