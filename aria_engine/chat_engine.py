@@ -12,6 +12,9 @@ A turn, read top to bottom in `stream_turn`:
 4. The final assistant row is written with exact usage, cost, latency and TTFT; the lease is released in
    the same transaction; `DoneEvent` closes the turn.
 
+The turn's own statements are all Core and run on plain connections (`self._db_engine`), not ORM
+sessions: a session around them cost about a third of each transaction's time, on every turn.
+
 Every `StartEvent` gets exactly one `DoneEvent`: errors after the start become `ErrorEvent` + `DoneEvent`.
 Cancellation (the consumer cancels its task or closes the iterator) persists the partial answer in a
 shielded block and leaves the closing `DoneEvent` in `TurnControl.final_event`.
@@ -31,12 +34,12 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 from sqlalchemy import select, update
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from aria_engine.context_manager import ContextManager, MessageView
 from aria_engine.db import store
 from aria_engine.db.models import ChatMessage, ChatSession, utcnow
-from aria_engine.db.store import MessageCounters
+from aria_engine.db.store import Executor, MessageCounters, TurnSession
 from aria_engine.db.types import format_money
 from aria_engine.events import (
     DoneEvent,
@@ -233,6 +236,7 @@ class ChatEngine(SessionManager):
         prompts: PromptAssembler,
     ) -> None:
         super().__init__(config, db_factory, gateway)
+        self._db_engine: AsyncEngine = db_factory.kw["bind"]  # the factory's engine, for Core connections
         self.tools = tools
         self.context = context
         self.prompts = prompts
@@ -366,7 +370,7 @@ class ChatEngine(SessionManager):
         control: TurnControl,
         enable_tools: bool,
         enable_thinking: bool,
-    ) -> tuple[ChatSession, _Plan, ChatMessage, _OpenedCall]:
+    ) -> tuple[TurnSession, _Plan, ChatMessage, _OpenedCall]:
         """Checks that can fail, then the lease and the user row in one transaction.
 
         The normal turn costs two statements before its first LLM call: take the lease (returning the
@@ -376,7 +380,7 @@ class ChatEngine(SessionManager):
         nothing of the turn was emitted. Refusals and crashed-turn takeovers go through `_start_refused`.
         """
         turn_id = uuid.UUID(control.turn_id)
-        async with self._db_factory.begin() as db:
+        async with self._db_engine.begin() as db:
             session = await store.start_turn(db, sid, owner, turn_id, self.lease_seconds)
             if session is None:
                 session = await self._start_refused(db, sid, owner, turn_id)
@@ -399,8 +403,8 @@ class ChatEngine(SessionManager):
 
     @staticmethod
     async def _write_user_row(
-        db: AsyncSession,
-        session: ChatSession,
+        db: AsyncConnection,
+        session: TurnSession,
         seq: int,
         content: str,
         turn_id: uuid.UUID,
@@ -426,25 +430,28 @@ class ChatEngine(SessionManager):
         return user_row
 
     async def _start_refused(
-        self, db: AsyncSession, sid: uuid.UUID, owner: str | None, turn_id: uuid.UUID
-    ) -> ChatSession:
+        self, db: AsyncConnection, sid: uuid.UUID, owner: str | None, turn_id: uuid.UUID
+    ) -> TurnSession:
         """Why `start_turn` refused: raise the matching error, or take over a crashed turn's lease."""
-        session = await load_session(db, sid, owner)
-        if session.status != "active":
-            raise SessionEnded()
-        stale, lease_until = session.active_turn_id, store.as_utc(session.turn_lease_until)
-        now = utcnow()
-        # The holder's lease ran out without finishing its turn (a crashed replica): close that turn as
-        # interrupted and start this one, unless another request got there first.
-        expired = stale is not None and lease_until is not None and lease_until < now
-        if expired and stale and await store.clear_stale_lease(db, sid, stale, expired_before=now):
-            await self._mark_interrupted(db, sid, stale)
-            started = await store.start_turn(db, sid, owner, turn_id, self.lease_seconds)
-            if started is not None:
-                return started
+        # The slow path reads ORM objects: a session on the turn's connection joins its transaction
+        # (closing the session does not end it).
+        async with AsyncSession(bind=db) as orm:
+            session = await load_session(orm, sid, owner)
+            if session.status != "active":
+                raise SessionEnded()
+            stale, lease_until = session.active_turn_id, store.as_utc(session.turn_lease_until)
+            now = utcnow()
+            # The holder's lease ran out without finishing its turn (a crashed replica): close that turn
+            # as interrupted and start this one, unless another request got there first.
+            expired = stale is not None and lease_until is not None and lease_until < now
+            if expired and stale and await store.clear_stale_lease(orm, sid, stale, expired_before=now):
+                await self._mark_interrupted(orm, sid, stale)
+                started = await store.start_turn(orm, sid, owner, turn_id, self.lease_seconds)
+                if started is not None:
+                    return started
         raise SessionBusy()
 
-    def _plan(self, session: ChatSession, content: str, enable_tools: bool) -> _Plan:
+    def _plan(self, session: TurnSession, content: str, enable_tools: bool) -> _Plan:
         """Resolve the model and budget; refuse a message that cannot fit before anything starts."""
         info = self.gateway.resolve(session.model)
         use_tools = enable_tools and info.supports_tools and self.config.max_tool_rounds > 0
@@ -477,7 +484,7 @@ class ChatEngine(SessionManager):
         return count
 
     async def _context(
-        self, db: AsyncSession, session: ChatSession, plan: _Plan, new_user_message: MessageView | None = None
+        self, db: Executor, session: TurnSession, plan: _Plan, new_user_message: MessageView | None = None
     ) -> list[dict[str, Any]]:
         return await self.context.build(
             db,
@@ -492,7 +499,7 @@ class ChatEngine(SessionManager):
     async def _run_rounds(
         self,
         turn: _Turn,
-        session: ChatSession,
+        session: TurnSession,
         plan: _Plan,
         enable_thinking: bool,
         first_call: _OpenedCall,
@@ -501,7 +508,7 @@ class ChatEngine(SessionManager):
             if round_no == 0:
                 call = first_call  # opened while the user row committed
             else:
-                async with self._db_factory() as db:
+                async with self._db_engine.connect() as db:
                     messages = await self._context(db, session, plan)
                 call = self._open_call(session, plan, round_no, messages, enable_thinking)
             turn.call = _Call(model_id=plan.info.id, messages=call.messages)
@@ -529,7 +536,7 @@ class ChatEngine(SessionManager):
 
     def _open_call(
         self,
-        session: ChatSession,
+        session: TurnSession,
         plan: _Plan,
         round_no: int,
         messages: list[dict[str, Any]],
@@ -591,7 +598,7 @@ class ChatEngine(SessionManager):
     ) -> AsyncIterator[TurnEvent]:
         turn_id = turn.control.turn_id
         counters = self._call_counters(call)
-        async with self._db_factory.begin() as db:
+        async with self._db_engine.begin() as db:
             row = await store.append_message(
                 db,
                 turn.session_id,
@@ -622,7 +629,7 @@ class ChatEngine(SessionManager):
             result = await self.tools.execute(
                 name, tool_call["function"]["arguments"], agent_id=turn.agent_id
             )
-            async with self._db_factory.begin() as db:
+            async with self._db_engine.begin() as db:
                 row = await store.append_message(
                     db,
                     turn.session_id,
@@ -678,7 +685,7 @@ class ChatEngine(SessionManager):
         call = turn.call
         counters = self._call_counters(call) if call else MessageCounters()
         written: list[ChatMessage] = []
-        async with self._db_factory.begin() as db:
+        async with self._db_engine.begin() as db:
             for tool_call in turn.pending_tool_calls:
                 # Tools that never ran still get a result row, so the history stays well-formed.
                 cancelled = await store.append_message(
@@ -765,7 +772,7 @@ class ChatEngine(SessionManager):
         while True:
             await asyncio.sleep(self.lease_seconds / 3)
             try:
-                async with self._db_factory.begin() as db:
+                async with self._db_engine.begin() as db:
                     await store.renew_turn_lease(db, turn.session_id, turn.turn_id, self.lease_seconds)
             except Exception:  # a missed renewal is retried next time; the turn itself goes on
                 logger.warning("turn lease renewal failed", exc_info=True)

@@ -40,9 +40,8 @@ from aria_engine.exceptions import PayloadTooLarge
 from aria_engine.history_cache import HistoryCache
 
 if TYPE_CHECKING:
-    from sqlalchemy.ext.asyncio import AsyncSession
-
     from aria_engine.config import EngineConfig
+    from aria_engine.db.store import Executor
 
 __all__ = [
     "MAX_CONTEXT_MESSAGES",
@@ -184,7 +183,7 @@ class ContextManager:
 
     async def build(
         self,
-        db: AsyncSession,
+        db: Executor,
         *,
         session_id: uuid.UUID,
         model_id: str,
@@ -228,7 +227,7 @@ class ContextManager:
         return count
 
     async def _history_before(
-        self, db: AsyncSession, session_id: uuid.UUID, user_seq: int, context_window: int
+        self, db: Executor, session_id: uuid.UUID, user_seq: int, context_window: int
     ) -> list[MessageView]:
         """The rows before a user row not written yet: from the history cache when it holds them all."""
         limit = _window_rows(context_window)
@@ -245,7 +244,7 @@ class ContextManager:
 
     @staticmethod
     async def read_rows(
-        db: AsyncSession, *, session_id: uuid.UUID, context_window: int, this_turn_rows: bool = True
+        db: Executor, *, session_id: uuid.UUID, context_window: int, this_turn_rows: bool = True
     ) -> list[MessageView]:
         """The rows a context can use, oldest first, in one statement whatever the history holds.
 

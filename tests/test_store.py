@@ -91,8 +91,8 @@ async def test_turn_lease_is_exclusive_until_released(db_factory) -> None:  # ty
     sid = await _session(db_factory)
     first, second = uuid.uuid4(), uuid.uuid4()
     async with db_factory.begin() as db:
-        started = await store.start_turn(db, sid, "o", first, 60)
-        assert started is not None and started.active_turn_id == first
+        assert await store.start_turn(db, sid, "o", first, 60) is not None
+        assert (await db.get(ChatSession, sid)).active_turn_id == first
     async with db_factory.begin() as db:
         assert await store.start_turn(db, sid, "o", second, 60) is None
         assert await store.renew_turn_lease(db, sid, first, 60)
@@ -115,7 +115,7 @@ async def test_start_turn_reserves_the_user_rows_seq_and_returns_the_session(db_
         await store.append_message(db, sid, role="user", content="earlier")
         started = await store.start_turn(db, sid, None, turn, 60)
         assert started is not None
-        assert (started.id, started.owner, started.model, started.next_seq) == (sid, "o", "m", 3)
+        assert (started.id, started.model, started.next_seq) == (sid, "m", 3)
         await store.insert_message(db, sid, seq=started.next_seq - 1, role="user", content="now")
     async with db_factory() as db:
         rows = (await db.execute(select(ChatMessage).order_by(ChatMessage.seq))).scalars().all()
