@@ -4,6 +4,7 @@ between replicas and cross-replica cancel signals."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import uuid
 from collections.abc import AsyncIterator
 
@@ -27,6 +28,19 @@ async def _collect(log: TurnEventLog, turn_id: str, after_seq: int) -> list[Logg
 async def _write_turn(log: TurnEventLog, turn_id: str, count: int, *, final: bool = True) -> None:
     for seq in range(1, count + 1):
         await log.append(turn_id, seq, f'{{"seq": {seq}}}', final=final and seq == count)
+
+
+async def test_kept_events_leave_the_garbage_collectors_care_once_collected() -> None:
+    # A thousand finished turns are kept for resume: if every kept event stayed tracked, each full
+    # collection would traverse them all (60-175 ms pauses were measured with 200,000 of them).
+    log = MemoryTurnEventLog()
+    await log.open_turn("t1", "s1")
+    await _write_turn(log, "t1", 50)
+    gc.collect()
+    kept = log._turns["t1"].events
+    assert len(kept) == 50
+    assert not any(gc.is_tracked(event) for event in kept)
+    assert [event.seq for event in await _collect(log, "t1", 0)] == list(range(1, 51))
 
 
 async def test_memory_log_replays_after_any_seq_then_follows_live() -> None:

@@ -258,7 +258,7 @@ async def test_on_start_runs_when_start_is_logged_before_the_turn_reads_on(make_
     logged_at_start: list[list[str]] = []
 
     def on_start(turn_id: str) -> None:
-        logged_at_start.append([orjson.loads(e.data)["type"] for e in log._turns[turn_id].events])
+        logged_at_start.append([orjson.loads(data)["type"] for _, data, _ in log._turns[turn_id].events])
 
     turn_id = await manager.start_turn(session["id"], "o", "hi", on_start=on_start)
     assert logged_at_start == [["start"]]
