@@ -15,6 +15,7 @@ The static web UI (`aria_engine/static/`) is mounted at `/` after every API rout
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -94,6 +95,11 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     config: EngineConfig = app.state.config
     async with AsyncExitStack() as stack:
         await _build(app, config, stack)
+        # What start-up built lives as long as the process: freeze it out of full collections, which
+        # otherwise traverse it every few seconds under load (pauses of 100-170 ms were measured). The
+        # collect first leaves garbage out of the frozen set.
+        gc.collect()
+        gc.freeze()
         logger.info("Aria Engine ready (database %s)", "sqlite" if config.is_sqlite else "postgresql")
         yield
         logger.info("Aria Engine shutting down")
