@@ -420,12 +420,9 @@ class ChatEngine(SessionManager):
             idempotency_key=idempotency_key,
         )
         if session.title is None:
-            # The object keeps title None (no in-session sync): it tells the turn this is the first.
+            # `session` is a plain record and keeps title None: it tells the turn this is the first.
             await db.execute(
-                update(ChatSession)
-                .where(ChatSession.id == session.id)
-                .values(title=clean_title(content))
-                .execution_options(synchronize_session=False)
+                update(ChatSession).where(ChatSession.id == session.id).values(title=clean_title(content))
             )
         return user_row
 
