@@ -14,6 +14,11 @@ is committed after it (the read ran in the turn's transaction, which may have wr
 such as closing a crashed turn: they count only once committed); then each row a turn of this process
 writes, once its transaction has committed, in seq order. A row that would leave a gap drops the window.
 
+How it is held. Each row is kept as an exact tuple of `MessageView`'s fields and turned back into a view
+when served: the garbage collector stops tracking a tuple that holds only strings, numbers and None, but
+never a named tuple's, so a full cache would make every full collection walk its rows (tens of
+milliseconds under load, in the middle of streams).
+
 Bounds. At most `max_rows` rows per session (the longest window a context reads), plus its first user
 row, which every context keeps; and `max_bytes` in all, by an estimate of the rows' size, the least
 recently used sessions going first. A `max_bytes` of 0 turns the cache off.
@@ -26,7 +31,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -37,11 +42,14 @@ __all__ = ["HistoryCache"]
 
 _ROW_OVERHEAD_BYTES = 200  # the tuple, its small fields and the list slot, roughly
 
+_Row = tuple[Any, ...]  # a MessageView's fields, as an exact tuple (see "How it is held")
+_SEQ, _ROLE, _CONTENT, _TOOL_CALLS = 0, 1, 2, 3  # MessageView's field order
 
-def _size(row: MessageView) -> int:
-    size = _ROW_OVERHEAD_BYTES + len(row.content)
-    if row.tool_calls:
-        size += len(orjson.dumps(row.tool_calls))
+
+def _size(row: _Row) -> int:
+    size = _ROW_OVERHEAD_BYTES + len(row[_CONTENT])
+    if row[_TOOL_CALLS]:
+        size += len(orjson.dumps(row[_TOOL_CALLS]))
     return size
 
 
@@ -49,8 +57,8 @@ def _size(row: MessageView) -> int:
 class _Window:
     low: int  # every row with seq >= low (and <= newest) is in `rows`
     newest: int  # seq of the session's newest row; `low - 1` when there is none
-    rows: list[MessageView]  # by seq
-    first_user: MessageView | None  # the session's first user row, kept whatever its age
+    rows: list[_Row]  # by seq
+    first_user: _Row | None  # the session's first user row, kept whatever its age
     seqs: list[int] = field(default_factory=list)  # rows' seqs, for bisect
     size: int = 0
     committed: bool = False  # served only once the row after the read has been committed
@@ -82,10 +90,13 @@ class HistoryCache:
             return None
         self._windows.move_to_end(session_id)
         self.hits += 1
-        rows = window.rows[bisect.bisect_left(window.seqs, low) :]
+        from aria_engine.context_manager import MessageView  # here: that module imports this one
+
+        view = MessageView._make
+        rows = [view(row) for row in window.rows[bisect.bisect_left(window.seqs, low) :]]
         first_user = window.first_user
-        if first_user is not None and first_user.seq < low:
-            return [first_user, *rows]
+        if first_user is not None and first_user[_SEQ] < low:
+            rows.insert(0, view(first_user))
         return rows
 
     def store(self, session_id: uuid.UUID, user_seq: int, limit: int, rows: Sequence[MessageView]) -> None:
@@ -95,10 +106,11 @@ class HistoryCache:
             return
         low = user_seq + 1 - limit
         window = _Window(low=low, newest=user_seq - 1, rows=[], first_user=None)
-        for row in rows:  # oldest first; the read adds the first user row even below `low`
-            if row.seq >= low:
+        for view in rows:  # oldest first; the read adds the first user row even below `low`
+            row = tuple(view)
+            if row[_SEQ] >= low:
                 self._append_row(window, row)
-            elif row.role == "user" and window.first_user is None:
+            elif row[_ROLE] == "user" and window.first_user is None:
                 window.first_user = row
                 window.size += _size(row)
         self._trim(window)
@@ -114,14 +126,14 @@ class HistoryCache:
         if window is None:
             return
         before = window.size
-        for row in rows:
-            if row.seq != window.newest + 1:
+        for view in rows:
+            if view.seq != window.newest + 1:
                 self._bytes += window.size - before  # what this call appended, before it all goes
                 self.discard(session_id)
                 return
-            window.newest = row.seq
+            window.newest = view.seq
             window.committed = True
-            self._append_row(window, row)
+            self._append_row(window, tuple(view))
         self._trim(window)
         self._bytes += window.size - before
         self._windows.move_to_end(session_id)
@@ -135,11 +147,11 @@ class HistoryCache:
     # -- internals ---------------------------------------------------------------------------------
 
     @staticmethod
-    def _append_row(window: _Window, row: MessageView) -> None:
+    def _append_row(window: _Window, row: _Row) -> None:
         window.rows.append(row)
-        window.seqs.append(row.seq)
+        window.seqs.append(row[_SEQ])
         window.size += _size(row)
-        if row.role == "user" and window.first_user is None:
+        if row[_ROLE] == "user" and window.first_user is None:
             # The read returns the session's first user row whenever one exists, so a window without
             # one belongs to a session that had none: this row is it.
             window.first_user = row

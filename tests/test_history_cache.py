@@ -8,6 +8,7 @@ compare every request the provider received.
 from __future__ import annotations
 
 import contextlib
+import gc
 import uuid
 from typing import Any
 
@@ -92,6 +93,26 @@ def test_the_byte_bound_evicts_the_least_recently_used_session() -> None:
     assert cache.size_bytes <= 2500
     assert cache.history(sessions[0], 2, 50) is None  # the oldest went first
     assert cache.history(sessions[2], 2, 50) == [row(1, "user", "x" * 800)]
+
+
+def test_held_rows_cost_full_collections_nothing_and_are_served_as_views() -> None:
+    """A full cache must not make every full garbage collection walk its rows: they are held as exact
+    tuples, which the collector stops tracking (it never untracks a named tuple)."""
+
+    def tracked_views() -> int:
+        return sum(1 for obj in gc.get_objects() if type(obj) is MessageView)
+
+    cache = HistoryCache(max_bytes=2**30, max_rows=5_000)
+    gc.collect()
+    before = tracked_views()
+    cache.store(SESSION, 1, 5_000, [])
+    cache.extend(SESSION, (row(seq, "user" if seq % 2 else "assistant") for seq in range(1, 3_001)))
+    gc.collect()
+    assert tracked_views() == before
+    served = cache.history(SESSION, 3_001, 5_000)
+    assert served is not None and len(served) == 3_000
+    assert all(type(r) is MessageView for r in served)
+    assert served[0] == row(1, "user") and served[-1].seq == 3_000 and served[-1].role == "assistant"
 
 
 def test_zero_bytes_keeps_nothing() -> None:
