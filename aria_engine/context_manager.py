@@ -240,7 +240,7 @@ class ContextManager:
                     db, session_id=session_id, context_window=context_window, this_turn_rows=False
                 )
             self.history.store(session_id, user_seq, limit, rows)
-        return list(rows)
+        return rows  # a fresh list either way: the cache keeps copies of its rows, never this list
 
     @staticmethod
     async def read_rows(

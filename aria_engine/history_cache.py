@@ -82,7 +82,7 @@ class HistoryCache:
 
     def history(self, session_id: uuid.UUID, user_seq: int, limit: int) -> list[MessageView] | None:
         """The rows `ContextManager.read_rows(this_turn_rows=False)` gives a turn whose user row takes
-        `user_seq`, oldest first; None when this process does not hold them all."""
+        `user_seq`, oldest first, in a new list; None when this process does not hold them all."""
         window = self._windows.get(session_id)
         low = user_seq + 1 - limit  # the read's range: seq >= next_seq - limit
         if window is None or not window.committed or window.newest != user_seq - 1 or low < window.low:
