@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -429,11 +429,16 @@ class _Connection:
             await handler(payload)
 
     async def _send(self, text: str) -> bool:
+        return await self._send_all((text,))
+
+    async def _send_all(self, texts: Iterable[str]) -> bool:
+        """Send frames in order, none interleaved with another sender's (one lock for the lot)."""
         if not self._open:
             return False
         async with self._send_lock:
             try:
-                await self.ws.send_text(text)
+                for text in texts:
+                    await self.ws.send_text(text)
             except Exception:  # the peer is gone; the reader loop sees the disconnect
                 self._open = False
                 return False
@@ -531,8 +536,8 @@ class _Connection:
     async def _forward(self, turn_id: str, after_seq: int) -> None:
         try:
             with self.manager.following(turn_id):
-                async for event in self.manager.event_log.follow(turn_id, after_seq):
-                    if not await self._send(event.data):
+                async for batch in self.manager.event_log.follow(turn_id, after_seq):
+                    if not await self._send_all([data for _, data, _ in batch]):
                         return
         except TurnNotFound as exc:
             await self._send(_error_frame(exc.code, exc.message, turn_id))

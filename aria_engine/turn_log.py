@@ -2,7 +2,9 @@
 
 The task running a turn appends each event once, already serialised, with its per-turn `seq`. Sockets
 `follow(turn_id, after_seq)`: they get every logged event after `after_seq` in order, exactly once, then
-the live ones, and the iteration ends after the turn's final (`done`) event. The log is also the channel for
+the live ones, and the iteration ends after the turn's final (`done`) event. Events come in batches,
+every event logged since the follower last looked: a burst of tokens costs the follower one wake-up and
+no object per event. The log is also the channel for
 cancelling a turn that runs in another process (`request_cancel` / `on_cancel`).
 
 Two implementations behind one interface:
@@ -22,7 +24,7 @@ import logging
 import time
 from abc import ABC, abstractmethod
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -32,6 +34,7 @@ if TYPE_CHECKING:
     from redis.asyncio import Redis
 
 __all__ = [
+    "MAX_BATCH",
     "CancelCallback",
     "LoggedEvent",
     "MemoryTurnEventLog",
@@ -50,11 +53,16 @@ class TurnNotFound(EngineError):
     default_message = "That turn is unknown here or too old to resume."
 
 
-@dataclass(slots=True, frozen=True)
-class LoggedEvent:
-    seq: int
-    data: str  # the event's JSON text, serialised once
-    final: bool
+# One logged event: (seq, the event's JSON text serialised once, whether it is the turn's last). An exact
+# tuple, not a class: the garbage collector stops tracking a tuple of atomic values after its first pass,
+# but traverses every instance of a class on every full collection. With a thousand finished turns kept
+# for resume (200,000 events), full collections stopped the event loop for 60-175 ms each, every few
+# seconds under load. The memory log hands its own tuples to followers, so following allocates nothing
+# per event.
+LoggedEvent = tuple[int, str, bool]
+
+# At most this many events per batch, so a socket replaying a long turn still answers a ping in between.
+MAX_BATCH = 256
 
 
 class TurnEventLog(ABC):
@@ -79,8 +87,9 @@ class TurnEventLog(ABC):
         """The session a logged turn belongs to, or None if it is unknown or expired."""
 
     @abstractmethod
-    def follow(self, turn_id: str, after_seq: int) -> AsyncIterator[LoggedEvent]:
-        """Events after `after_seq`, then live ones until the final event. Raises TurnNotFound."""
+    def follow(self, turn_id: str, after_seq: int) -> AsyncIterator[Sequence[LoggedEvent]]:
+        """Batches of the events after `after_seq`, then of live ones, until the final event (the last
+        of its batch). Raises TurnNotFound."""
 
     @abstractmethod
     def on_cancel(self, turn_id: str, callback: CancelCallback) -> Callable[[], None]:
@@ -91,17 +100,10 @@ class TurnEventLog(ABC):
         """Ask the process running the turn to cancel it. True if it was handled here."""
 
 
-# A kept event as an exact tuple (seq, data, final), not a `LoggedEvent`: the garbage collector stops
-# tracking a tuple of atomic values after its first pass, but traverses every instance of a class on
-# every full collection. With a thousand finished turns kept for resume (200,000 events), full
-# collections stopped the event loop for 60-175 ms each, every few seconds under load.
-_KeptEvent = tuple[int, str, bool]
-
-
 @dataclass(slots=True)
 class _TurnRecord:
     session_id: str
-    events: list[_KeptEvent] = field(default_factory=list)
+    events: list[LoggedEvent] = field(default_factory=list)
     finished_at: float | None = None
     # One future per waiting follower (no shared, shielded future: waking one costs one loop pass).
     waiters: list[asyncio.Future[None]] = field(default_factory=list)
@@ -166,29 +168,24 @@ class MemoryTurnEventLog(TurnEventLog):
         record = self._live_record(turn_id)
         return record.session_id if record else None
 
-    async def follow(self, turn_id: str, after_seq: int) -> AsyncIterator[LoggedEvent]:
+    async def follow(self, turn_id: str, after_seq: int) -> AsyncIterator[Sequence[LoggedEvent]]:
         record = self._live_record(turn_id)
         if record is None:
             raise TurnNotFound()
         next_seq = after_seq + 1
         while True:
+            # Looked up afresh each time: the list may have been trimmed while the last batch was sent.
             events = record.events
-            if events:
-                first = events[0][0]
-                if next_seq < first:
-                    raise TurnNotFound("The events to resume from are no longer kept; reload the session.")
-                for index in range(next_seq - first, len(events)):
-                    seq, data, final = events[index]
-                    yield LoggedEvent(seq, data, final)
-                    if final:
-                        return
-                    next_seq = seq + 1
-                    if record.events is not events or events[0][0] != first:
-                        break  # trimmed while we yielded: recompute the index
-                else:
-                    if record.finished_at is not None:
-                        return
-                    await record.wait()
+            start = next_seq - events[0][0] if events else 0
+            if start < 0:
+                raise TurnNotFound("The events to resume from are no longer kept; reload the session.")
+            if start < len(events):
+                batch = events[start : start + MAX_BATCH]
+                yield batch
+                last_seq, _, final = batch[-1]
+                if final:  # nothing is logged after the final event
+                    return
+                next_seq = last_seq + 1
                 continue
             if record.finished_at is not None:
                 return
@@ -308,34 +305,38 @@ class RedisTurnEventLog(TurnEventLog):
         raw = await self._redis.get(self._meta_key(turn_id))
         return None if raw is None else _text(raw)
 
-    async def follow(self, turn_id: str, after_seq: int) -> AsyncIterator[LoggedEvent]:
+    async def follow(self, turn_id: str, after_seq: int) -> AsyncIterator[Sequence[LoggedEvent]]:
         if turn_id in self.local and await self.local.session_of(turn_id) is not None:
-            async for event in self.local.follow(turn_id, after_seq):
-                yield event
+            async for batch in self.local.follow(turn_id, after_seq):
+                yield batch
             return
         if await self._redis.exists(self._meta_key(turn_id)) == 0:
             raise TurnNotFound()
         key = self._stream_key(turn_id)
         expected = after_seq + 1
-        entries = await self._redis.xrange(key, min=f"({after_seq}-0", max="+", count=1000)
+        entries = await self._redis.xrange(key, min=f"({after_seq}-0", max="+", count=MAX_BATCH)
         while True:
             if not entries:
                 # Block in slices so a turn whose keys expired cannot leave the reader waiting forever.
-                reply = await self._redis.xread({key: f"{expected - 1}-0"}, count=1000, block=5000)
+                reply = await self._redis.xread({key: f"{expected - 1}-0"}, count=MAX_BATCH, block=5000)
                 entries = reply[0][1] if reply else []
                 if not entries and await self._redis.exists(self._meta_key(turn_id)) == 0:
                     return
                 continue
+            batch: list[LoggedEvent] = []
             for entry_id, fields in entries:
                 seq = int(_text(entry_id).split("-", 1)[0])
                 if seq != expected:
                     raise TurnNotFound("The events to resume from are no longer kept; reload the session.")
                 final = _text(fields.get(b"f", fields.get("f", b"0"))) == "1"
-                yield LoggedEvent(seq, _text(fields.get(b"d", fields.get("d", b""))), final)
-                if final:
-                    return
+                batch.append((seq, _text(fields.get(b"d", fields.get("d", b""))), final))
                 expected = seq + 1
-            entries = await self._redis.xrange(key, min=f"({expected - 1}-0", max="+", count=1000)
+                if final:
+                    break
+            yield batch
+            if batch[-1][2]:
+                return
+            entries = await self._redis.xrange(key, min=f"({expected - 1}-0", max="+", count=MAX_BATCH)
 
     def on_cancel(self, turn_id: str, callback: CancelCallback) -> Callable[[], None]:
         return self.local.on_cancel(turn_id, callback)

@@ -7,12 +7,13 @@ import asyncio
 import gc
 import uuid
 from collections.abc import AsyncIterator
+from typing import NamedTuple
 
 import pytest
 from redis.asyncio import Redis
 
 from aria_engine.turn_log import (
-    LoggedEvent,
+    MAX_BATCH,
     MemoryTurnEventLog,
     RedisTurnEventLog,
     TurnEventLog,
@@ -21,8 +22,14 @@ from aria_engine.turn_log import (
 from tests.conftest import REDIS_URL, needs_redis
 
 
-async def _collect(log: TurnEventLog, turn_id: str, after_seq: int) -> list[LoggedEvent]:
-    return [event async for event in log.follow(turn_id, after_seq)]
+class Event(NamedTuple):
+    seq: int
+    data: str
+    final: bool
+
+
+async def _collect(log: TurnEventLog, turn_id: str, after_seq: int) -> list[Event]:
+    return [Event(*event) async for batch in log.follow(turn_id, after_seq) for event in batch]
 
 
 async def _write_turn(log: TurnEventLog, turn_id: str, count: int, *, final: bool = True) -> None:
@@ -66,8 +73,8 @@ async def test_a_waiting_follower_has_each_event_after_one_loop_pass() -> None:
     seen: list[int] = []
 
     async def follow() -> None:
-        async for event in log.follow("t1", 0):
-            seen.append(event.seq)
+        async for batch in log.follow("t1", 0):
+            seen.extend(seq for seq, _, _ in batch)
 
     follower = asyncio.create_task(follow())
     await asyncio.sleep(0)  # the follower is now waiting for the first event
@@ -76,6 +83,40 @@ async def test_a_waiting_follower_has_each_event_after_one_loop_pass() -> None:
         await asyncio.sleep(0)
         assert seen == list(range(1, seq + 1))
     await follower
+
+
+async def test_a_burst_logged_while_the_follower_is_away_comes_as_one_batch() -> None:
+    # One wake-up and one send-lock per burst, not per event: what makes a fast stream cheap to follow.
+    log = MemoryTurnEventLog()
+    await log.open_turn("t1", "s1")
+    batches: list[list[int]] = []
+
+    async def follow() -> None:
+        async for batch in log.follow("t1", 0):
+            batches.append([seq for seq, _, _ in batch])
+
+    follower = asyncio.create_task(follow())
+    await asyncio.sleep(0)
+    for seq in range(1, 5):  # logged without a pause: the follower cannot run in between
+        await log.append("t1", seq, "{}", final=False)
+    await asyncio.sleep(0)
+    await log.append("t1", 5, "{}", final=True)
+    await follower
+    assert batches == [[1, 2, 3, 4], [5]]
+
+
+async def test_batches_are_bounded_and_a_trim_between_them_refuses_the_gap() -> None:
+    log = MemoryTurnEventLog(max_events=4 * MAX_BATCH)
+    await log.open_turn("t1", "s1")
+    await _write_turn(log, "t1", 3 * MAX_BATCH, final=False)
+    follow = log.follow("t1", 0)
+    first = await anext(follow)
+    assert [seq for seq, _, _ in first] == list(range(1, MAX_BATCH + 1))
+    # While that batch is sent, the turn goes on and the log drops its older half.
+    for seq in range(3 * MAX_BATCH + 1, 4 * MAX_BATCH + 2):
+        await log.append("t1", seq, "{}", final=False)
+    with pytest.raises(TurnNotFound):
+        await anext(follow)
 
 
 async def test_followers_that_leave_do_not_stay_registered() -> None:

@@ -262,7 +262,7 @@ async def test_on_start_runs_when_start_is_logged_before_the_turn_reads_on(make_
 
     turn_id = await manager.start_turn(session["id"], "o", "hi", on_start=on_start)
     assert logged_at_start == [["start"]]
-    events = [orjson.loads(e.data) async for e in log.follow(turn_id, 0)]
+    events = [orjson.loads(data) async for batch in log.follow(turn_id, 0) for _, data, _ in batch]
     assert "".join(e["content"] for e in events if e["type"] == "token") == "one two three four"
     assert events[-1]["type"] == "done"
     await manager.aclose()
