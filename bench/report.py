@@ -185,7 +185,9 @@ def _throughput(results: dict[str, Any]) -> list[str]:
         "Zero per-token delay. Tokens/s = all tokens delivered to all clients / (last `done` - first "
         "send); 'after first token' leaves out the turn's set-up (first token to last `done`). Bytes on "
         "the wire per token: WebSocket frame payload + header (compression off), HTTP body bytes for SSE. "
-        "CPU per token from /proc.",
+        "CPU per token from /proc. An engine's 'vs relay' is the median of its per-window ratios to "
+        "the bare relay measured beside it, window by window in ABBA order (the row above it); the "
+        "relay rows at the top of each group were measured once, at the start of the run.",
         "",
     ]
     base = pick(results, "scenarios", "throughput_baselines") or {}
@@ -220,6 +222,20 @@ def _throughput(results: dict[str, Any]) -> list[str]:
                 rows.append([sessions, f"engine ({backend})", "failed", "", "", "", "", ""])
             elif entry:
                 ratio = entry.get("ratio_vs_relay")
+                beside = entry.get("relay_alongside")
+                if beside:
+                    rows.append(
+                        [
+                            sessions,
+                            f"bare relay, beside the engine ({backend})",
+                            _med(beside, "tokens_per_s", 0),
+                            _med(beside, "streaming_tokens_per_s", 0),
+                            "",
+                            _med(beside, "bytes_per_token"),
+                            _med(beside, "server_cpu_us_per_token"),
+                            _med(beside, "provider_cpu_us_per_token"),
+                        ]
+                    )
                 rows.append(
                     [
                         sessions,

@@ -5,17 +5,22 @@ minimal relay (bare Starlette WebSocket, no database), (c) the engine over WebSo
 all tokens delivered divided by the window from the first send to the last `done` (and, without the
 turn's set-up, from the first token to the last `done`). Also measured: bytes on
 the wire per token and the server's CPU time per token (from /proc), which shows where the time goes.
-The baselines do not depend on the engine's database, so they run once per run (`baselines`).
+The baselines run once per run (`baselines`) for the table; the ratio to the relay, which the target
+uses, comes from a relay measured alongside each engine, window by window in ABBA order (`run`), so that
+a machine whose speed drifts over the hour a full run takes moves both sides of the ratio alike.
 """
 
 from __future__ import annotations
 
+import statistics
+from collections.abc import Callable
 from typing import Any
 
 from bench.harness import ALT_RELAY_WS, RELAY_WS, Bench, EngineHandle
 from bench.procs import Service
 from bench.profiling import profile_extra_run
 from bench.stats import across_repeats
+from bench.targets import pick
 
 __all__ = ["baselines", "measure", "run"]
 
@@ -77,26 +82,63 @@ def baselines(bench: Bench) -> dict[str, Any]:
 
 
 def run(bench: Bench, engine: EngineHandle, base: dict[str, Any]) -> dict[str, Any]:
-    """Engine rates per session count, with ratios against the run's baselines."""
+    """Engine rates per session count, each repeat paired with a bare relay repeat taken beside it."""
     sizes = bench.sizes
     bench.configure_provider(tokens=sizes.stream_tokens)
     out: dict[str, Any] = {}
-    for sessions in sizes.stream_sessions:
-        urls = [engine.ws_url(sid) for sid in engine.create_sessions(sessions)]
-        reps: list[dict[str, float]] = []
-        job = bench.ws_job(urls, warmup=1)
-        name = f"stream-{engine.backend}-{sessions}"
-        profile_extra_run(bench, engine.service, name, lambda job=job: bench.turns(job))
-        for _ in range(sizes.repeats):
-            reps.append(measure(bench, job, engine.service))
-        summary = across_repeats(reps)
-        entry: dict[str, Any] = {"repeats": reps, "summary": summary}
-        baseline = base.get(str(sessions))
-        if baseline and "tokens_per_s" in summary:
-            engine_rate = summary["tokens_per_s"]["median"]
-            for name in ("relay", "direct"):
-                ref = baseline[name]["summary"].get("tokens_per_s", {}).get("median")
-                if ref:
-                    entry[f"ratio_vs_{name}"] = engine_rate / ref
-        out[str(sessions)] = entry
+    with bench.relay(RELAY_WS) as relay:
+        relay_url = f"ws://127.0.0.1:{relay.port}/ws/relay"
+        for sessions in sizes.stream_sessions:
+            urls = [engine.ws_url(sid) for sid in engine.create_sessions(sessions)]
+            job = bench.ws_job(urls, warmup=1)
+            relay_job = bench.ws_job([relay_url] * sessions, warmup=1)
+            name = f"stream-{engine.backend}-{sessions}"
+            profile_extra_run(bench, engine.service, name, lambda job=job: bench.turns(job))
+            reps, relay_reps = _paired(
+                lambda job=job: measure(bench, job, engine.service),
+                lambda relay_job=relay_job: measure(bench, relay_job, relay),
+                sizes.repeats,
+            )
+            out[str(sessions)] = _entry(reps, relay_reps, base.get(str(sessions)))
     return {"sessions": out}
+
+
+def _paired(
+    engine: Callable[[], dict[str, float]], relay: Callable[[], dict[str, float]], repeats: int
+) -> tuple[list[dict[str, float]], list[dict[str, float]]]:
+    """`repeats` windows of each, in ABBA order: engine-relay, relay-engine, engine-relay, ..."""
+    reps: list[dict[str, float]] = []
+    relay_reps: list[dict[str, float]] = []
+    for index in range(repeats):
+        if index % 2 == 0:
+            reps.append(engine())
+            relay_reps.append(relay())
+        else:
+            relay_reps.append(relay())
+            reps.append(engine())
+    return reps, relay_reps
+
+
+def _entry(
+    reps: list[dict[str, float]], relay_reps: list[dict[str, float]], baseline: dict[str, Any] | None
+) -> dict[str, Any]:
+    summary = across_repeats(reps)
+    entry: dict[str, Any] = {
+        "repeats": reps,
+        "summary": summary,
+        "relay_alongside": {"repeats": relay_reps, "summary": across_repeats(relay_reps)},
+    }
+    # The target's ratio: the median of the per-pair ratios (each engine window over the relay window
+    # next to it), which a drifting machine cannot move the way it moves two runs far apart.
+    pairs = [
+        rep["tokens_per_s"] / ref["tokens_per_s"]
+        for rep, ref in zip(reps, relay_reps, strict=True)
+        if rep.get("tokens_per_s") and ref.get("tokens_per_s")
+    ]
+    if pairs:
+        entry["ratio_vs_relay"] = statistics.median(pairs)
+        entry["pair_ratios"] = pairs
+    direct = pick(baseline, "direct", "summary", "tokens_per_s", "median") if baseline else None
+    if direct and "tokens_per_s" in summary:
+        entry["ratio_vs_direct"] = summary["tokens_per_s"]["median"] / direct
+    return entry
