@@ -10,10 +10,12 @@ A turn, read top to bottom in `stream_turn`:
    model asked for tools, persist the assistant row carrying the calls, run the tools, persist one tool
    row per result, and loop — within the caps on rounds, tokens and USD per turn.
 4. The final assistant row is written with exact usage, cost, latency and TTFT; the lease is released in
-   the same transaction; `DoneEvent` closes the turn.
+   the same statement; `DoneEvent` closes the turn.
 
 The turn's own statements are all Core and run on plain connections (`self._db_engine`), not ORM
-sessions: a session around them cost about a third of each transaction's time, on every turn.
+sessions: a session around them cost about a third of each transaction's time, on every turn. A write
+that is one statement (a message row with its counters on PostgreSQL, a lease renewal) runs outside a
+transaction (`_one_statement`): BEGIN and COMMIT would be two of its three round trips.
 
 Every `StartEvent` gets exactly one `DoneEvent`: errors after the start become `ErrorEvent` + `DoneEvent`.
 Cancellation (the consumer cancels its task or closes the iterator) persists the partial answer in a
@@ -237,6 +239,13 @@ class ChatEngine(SessionManager):
     ) -> None:
         super().__init__(config, db_factory, gateway)
         self._db_engine: AsyncEngine = db_factory.kw["bind"]  # the factory's engine, for Core connections
+        # Same pool, no BEGIN/COMMIT: for writes that are atomic as one statement (PostgreSQL only; on
+        # SQLite a message row is two statements and needs its transaction).
+        self._autocommit: AsyncEngine | None = (
+            self._db_engine.execution_options(isolation_level="AUTOCOMMIT")
+            if self._db_engine.dialect.name == "postgresql"
+            else None
+        )
         self.tools = tools
         self.context = context
         self.prompts = prompts
@@ -244,6 +253,13 @@ class ChatEngine(SessionManager):
         self.lease_seconds = 60.0
         self._background: set[asyncio.Task[None]] = set()  # title generation; bounded by live sessions
         self._prompt_token_cache: dict[tuple[str, str], int] = {}  # bounded to 256 entries
+
+    def _one_statement(self) -> contextlib.AbstractAsyncContextManager[AsyncConnection]:
+        """A connection for writes of one `store.append_message` or one UPDATE: no transaction where the
+        statement is atomic by itself (PostgreSQL), a transaction otherwise."""
+        if self._autocommit is not None:
+            return self._autocommit.connect()
+        return self._db_engine.begin()
 
     async def aclose(self) -> None:
         """Stop background work (title generation). Running turns belong to their callers."""
@@ -595,7 +611,7 @@ class ChatEngine(SessionManager):
     ) -> AsyncIterator[TurnEvent]:
         turn_id = turn.control.turn_id
         counters = self._call_counters(call)
-        async with self._db_engine.begin() as db:
+        async with self._one_statement() as db:
             row = await store.append_message(
                 db,
                 turn.session_id,
@@ -626,7 +642,7 @@ class ChatEngine(SessionManager):
             result = await self.tools.execute(
                 name, tool_call["function"]["arguments"], agent_id=turn.agent_id
             )
-            async with self._db_engine.begin() as db:
+            async with self._one_statement() as db:
                 row = await store.append_message(
                     db,
                     turn.session_id,
@@ -682,7 +698,8 @@ class ChatEngine(SessionManager):
         call = turn.call
         counters = self._call_counters(call) if call else MessageCounters()
         written: list[ChatMessage] = []
-        async with self._db_engine.begin() as db:
+        # Tool calls left unanswered add rows of their own: then all of them in one transaction.
+        async with self._db_engine.begin() if turn.pending_tool_calls else self._one_statement() as db:
             for tool_call in turn.pending_tool_calls:
                 # Tools that never ran still get a result row, so the history stays well-formed.
                 cancelled = await store.append_message(
@@ -769,7 +786,7 @@ class ChatEngine(SessionManager):
         while True:
             await asyncio.sleep(self.lease_seconds / 3)
             try:
-                async with self._db_engine.begin() as db:
+                async with self._one_statement() as db:
                     await store.renew_turn_lease(db, turn.session_id, turn.turn_id, self.lease_seconds)
             except Exception:  # a missed renewal is retried next time; the turn itself goes on
                 logger.warning("turn lease renewal failed", exc_info=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 
+import pytest
 from sqlalchemy import event, insert, update
 
 from aria_engine.db.models import ChatMessage, ChatSession
@@ -79,3 +80,36 @@ async def test_a_sessions_first_turn_reads_no_history_and_its_second_reads_it_fr
     sent = fake_llm.requests[-1]["messages"]
     assert [m["role"] for m in sent if m["role"] != "system"] == ["user", "assistant", "user"]
     assert sent[-1]["content"] == sent[-3]["content"] == "and now?"
+
+
+async def test_a_postgresql_turn_costs_five_round_trips_and_its_last_row_one(
+    make_engine, database_url: str
+) -> None:  # type: ignore[no-untyped-def]
+    if not database_url.startswith("postgresql"):
+        pytest.skip("round trips are counted by the PostgreSQL driver; SQLite has no network")
+    engine = await make_engine()
+    session = await engine.create_session(owner="o")
+    await engine.send_message(session["id"], "warm-up", owner="o")  # the first turn also sets the title
+    sent: list[str] = []
+
+    def log_query(record) -> None:  # type: ignore[no-untyped-def]  # asyncpg: BEGIN and COMMIT
+        sent.append(record.query.split()[0].upper().rstrip(";"))
+
+    def log_statement(conn, cursor, statement, parameters, context, executemany) -> None:  # type: ignore[no-untyped-def]
+        sent.append(statement.split()[0].upper())
+
+    bind = engine.db_factory.kw["bind"]
+    await bind.dispose()  # every connection from here on is new, and logs its queries
+
+    def on_connect(connection, _record) -> None:  # type: ignore[no-untyped-def]
+        connection.driver_connection.add_query_logger(log_query)
+
+    event.listen(bind.sync_engine, "connect", on_connect)
+    event.listen(bind.sync_engine, "before_cursor_execute", log_statement)
+    response = await engine.send_message(session["id"], "and now?", owner="o")
+
+    assert response.finish_reason == "stop"
+    # The lease and the user row in one transaction; the final row with its counters and the lease's
+    # release in one statement of its own (`WITH advanced AS (UPDATE ...) INSERT ...`): no BEGIN/COMMIT.
+    # (SQLAlchemy hands the driver the first statement of a transaction, which sends BEGIN before it.)
+    assert sent == ["UPDATE", "BEGIN", "INSERT", "COMMIT", "WITH"], sent

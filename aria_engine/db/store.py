@@ -5,8 +5,10 @@ and never commit: the caller owns the transaction, so a message row and the sess
 always land together.
 
 Invariants:
-- `append_message` takes `seq` from the session's `next_seq` with `UPDATE ... RETURNING` in the same
-  transaction as the INSERT, so seq values are unique and gap-free per session, even across processes.
+- `append_message` takes `seq` from the session's `next_seq` with `UPDATE ... RETURNING` atomically with
+  the INSERT (on PostgreSQL in one statement, `WITH advanced AS (UPDATE ...) INSERT ... SELECT`; on
+  SQLite in the caller's transaction), so seq values are unique and gap-free per session, even across
+  processes.
 - Counters move only by `x = x + :delta`; `verify_totals` checks that they equal the sums over messages.
 - The turn lock is a lease on the session row (`active_turn_id`, `turn_lease_until`): `start_turn` takes
   it (and reserves the user row's seq) in one conditional UPDATE, the turn's final `append_message`
@@ -25,6 +27,7 @@ from sqlalchemy import (
     BigInteger,
     ColumnElement,
     DateTime,
+    Insert,
     Update,
     and_,
     bindparam,
@@ -50,6 +53,7 @@ __all__ = [
     "message_to_dict",
     "renew_turn_lease",
     "session_to_dict",
+    "single_statement_appends",
     "start_turn",
     "verify_totals",
 ]
@@ -90,7 +94,35 @@ _ADVANCE_AND_RELEASE = _ADVANCE_SESSION.values(
     active_turn_id=case((_OWN_LEASE, None), else_=_SESSIONS.c.active_turn_id),
     turn_lease_until=case((_OWN_LEASE, None), else_=_SESSIONS.c.turn_lease_until),
 )
-_INSERT_MESSAGE = insert(ChatMessage.__table__)
+_MESSAGES = ChatMessage.__table__
+_INSERT_MESSAGE = insert(_MESSAGES)
+
+
+def _advance_and_insert(advance: Update) -> Insert:
+    """PostgreSQL: the session UPDATE and the message INSERT as one statement (a data-modifying WITH), so
+    a row costs one round trip, and outside a transaction still lands atomically with its counters."""
+    advanced = advance.cte("advanced")
+    values = [
+        advanced.c.next_seq - 1 if column.name == "seq" else bindparam(f"m_{column.name}", type_=column.type)
+        for column in _MESSAGES.columns
+    ]
+    return (
+        insert(_MESSAGES)
+        .from_select([column.name for column in _MESSAGES.columns], select(*values).select_from(advanced))
+        .returning(_MESSAGES.c.seq)
+    )
+
+
+_APPEND = _advance_and_insert(_ADVANCE_SESSION)
+_APPEND_AND_RELEASE = _advance_and_insert(_ADVANCE_AND_RELEASE)
+
+
+def single_statement_appends(db: Executor) -> bool:
+    """Whether `append_message` is one statement on this connection (PostgreSQL), so the caller may run
+    it outside a transaction. SQLite has no data-modifying WITH: there it is two, in the caller's
+    transaction."""
+    bind = db.get_bind() if isinstance(db, AsyncSession) else db
+    return bind.dialect.name == "postgresql"
 
 
 async def append_message(
@@ -120,9 +152,16 @@ async def append_message(
         "d_cost": cost,
         "now": utcnow(),
     }
-    statement = _ADVANCE_SESSION
+    statement, one_statement = _ADVANCE_SESSION, _APPEND
     if ends_turn is not None:
-        statement, params["ends_turn"] = _ADVANCE_AND_RELEASE, ends_turn
+        statement, one_statement = _ADVANCE_AND_RELEASE, _APPEND_AND_RELEASE
+        params["ends_turn"] = ends_turn
+    if single_statement_appends(db):
+        row = _new_message(session_id, 0, role, content, turn_id, counters, fields)
+        for name, value in _column_values(row).items():
+            params[f"m_{name}"] = value
+        row.seq = (await db.execute(one_statement, params)).scalar_one()
+        return row
     advanced = await db.execute(statement, params)
     seq = advanced.scalar_one() - 1
     return await insert_message(
@@ -142,7 +181,21 @@ async def insert_message(
     **fields: Any,
 ) -> ChatMessage:
     """Write one message row at a `seq` the caller already took from the session (with its counters)."""
-    row = ChatMessage(
+    row = _new_message(session_id, seq, role, content, turn_id, counters, fields)
+    await db.execute(_INSERT_MESSAGE, [_column_values(row)])
+    return row
+
+
+def _new_message(
+    session_id: uuid.UUID,
+    seq: int,
+    role: str,
+    content: str,
+    turn_id: uuid.UUID | None,
+    counters: MessageCounters,
+    fields: dict[str, Any],
+) -> ChatMessage:
+    return ChatMessage(
         id=uuid.uuid4(),
         session_id=session_id,
         seq=seq,
@@ -156,8 +209,6 @@ async def insert_message(
         created_at=utcnow(),
         **fields,
     )
-    await db.execute(_INSERT_MESSAGE, [_column_values(row)])
-    return row
 
 
 # (column name, attribute name) pairs: `metadata` is the column behind the `metadata_` attribute.
