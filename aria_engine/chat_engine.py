@@ -252,6 +252,10 @@ class ChatEngine(SessionManager):
         # Renewed every third of its length while a turn runs, so a crashed holder frees it quickly.
         self.lease_seconds = 60.0
         self._background: set[asyncio.Task[None]] = set()  # title generation; bounded by live sessions
+        # Starting a turn is a few milliseconds of CPU in several loop passes; a burst of starts all at
+        # once would make every running stream wait behind them. Admitted a few at a time, the burst
+        # waits instead (config.max_concurrent_turn_starts).
+        self._turn_starts = asyncio.Semaphore(config.max_concurrent_turn_starts)
         self._prompt_token_cache: dict[tuple[str, str], int] = {}  # bounded to 256 entries
 
     def _one_statement(self) -> contextlib.AbstractAsyncContextManager[AsyncConnection]:
@@ -353,9 +357,10 @@ class ChatEngine(SessionManager):
                 for event in replay:
                     yield event
                 return
-        session, plan, user_row, first_call = await self._begin_turn(
-            sid, owner, content, idempotency_key, control, enable_tools, enable_thinking
-        )
+        async with self._turn_starts:
+            session, plan, user_row, first_call = await self._begin_turn(
+                sid, owner, content, idempotency_key, control, enable_tools, enable_thinking
+            )
         info = plan.info
         turn = _Turn(control=control, session_id=sid, agent_id=session.agent_id, model_id=info.id)
         heartbeat = asyncio.create_task(self._renew_lease_forever(turn))

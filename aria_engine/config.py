@@ -76,6 +76,10 @@ class EngineConfig(BaseSettings):
     # Seconds a request waits for the database (PostgreSQL: a free pooled connection; SQLite: the write
     # lock) before it is refused with 503 engine_unavailable.
     db_pool_timeout: float = Field(default=30.0, gt=0)
+    # Turns whose start (lease, user row, first request) runs at once in this process; the others wait
+    # their turn. A burst of new turns then waits itself instead of making every running stream stutter
+    # (measured: 1,000 streams started in 5 s, added inter-token p99 150 ms unlimited, 74 ms with 4).
+    max_concurrent_turn_starts: int = Field(default=4, ge=1)
 
     # -- serving -----------------------------------------------------------------------------------
     host: str = "127.0.0.1"

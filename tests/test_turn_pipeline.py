@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from decimal import Decimal
 
 import pytest
@@ -223,3 +224,27 @@ async def test_caller_parameters_beat_catalog_defaults(make_engine, fake_llm) ->
     assert request["temperature"] == 0.0
     assert request.get("max_tokens", request.get("max_completion_tokens")) == 77
     assert request["messages"][0] == {"role": "system", "content": "Be brief."}
+
+
+async def test_turn_starts_are_admitted_a_few_at_a_time(make_engine, fake_llm) -> None:  # type: ignore[no-untyped-def]
+    # A burst of new turns waits for its start instead of making the running streams wait behind it.
+    engine = await make_engine(max_concurrent_turn_starts=2)
+    sessions = [await engine.create_session(owner="o") for _ in range(6)]
+    starting = most = 0
+    begin = engine._begin_turn
+
+    async def counted(*args):  # type: ignore[no-untyped-def]
+        nonlocal starting, most
+        starting += 1
+        most = max(most, starting)
+        try:
+            await asyncio.sleep(0.01)  # a start that takes a while, as under load
+            return await begin(*args)
+        finally:
+            starting -= 1
+
+    engine._begin_turn = counted
+    responses = await asyncio.gather(*(engine.send_message(s["id"], "hi", owner="o") for s in sessions))
+
+    assert [response.finish_reason for response in responses] == ["stop"] * 6
+    assert most == 2
