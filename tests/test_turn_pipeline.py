@@ -226,8 +226,9 @@ async def test_caller_parameters_beat_catalog_defaults(make_engine, fake_llm) ->
     assert request["messages"][0] == {"role": "system", "content": "Be brief."}
 
 
-async def test_turn_starts_are_admitted_a_few_at_a_time(make_engine, fake_llm) -> None:  # type: ignore[no-untyped-def]
+async def test_turn_starts_are_admitted_a_few_at_a_time(make_engine, fake_llm, database_url: str) -> None:  # type: ignore[no-untyped-def]
     # A burst of new turns waits for its start instead of making the running streams wait behind it.
+    # On SQLite the database's single writer is the queue: the engine adds none in front of it.
     engine = await make_engine(max_concurrent_turn_starts=2)
     sessions = [await engine.create_session(owner="o") for _ in range(6)]
     starting = most = 0
@@ -247,4 +248,4 @@ async def test_turn_starts_are_admitted_a_few_at_a_time(make_engine, fake_llm) -
     responses = await asyncio.gather(*(engine.send_message(s["id"], "hi", owner="o") for s in sessions))
 
     assert [response.finish_reason for response in responses] == ["stop"] * 6
-    assert most == 2
+    assert most == (6 if database_url.startswith("sqlite") else 2)
