@@ -204,64 +204,22 @@ def _throughput(results: dict[str, Any]) -> list[str]:
             (f"bare relay, ws={alt['ws']} (reference)" if alt else "", alt),
         ):
             if entry:
-                rows.append(
-                    [
-                        sessions,
-                        label,
-                        _med(entry, "tokens_per_s", 0),
-                        _med(entry, "streaming_tokens_per_s", 0),
-                        _vs_relay(entry, pick(base, sessions, "relay")) if label != "direct SSE" else "",
-                        _med(entry, "bytes_per_token"),
-                        _med(entry, "server_cpu_us_per_token"),
-                        _med(entry, "provider_cpu_us_per_token"),
-                    ]
-                )
+                vs = _vs_relay(entry, pick(base, sessions, "relay")) if label != "direct SSE" else ""
+                rows.append(_rate_row(sessions, label, entry, vs))
         for backend, per in engines.items():
             entry = pick(per, "sessions", sessions)
             if _failed(per):
                 rows.append([sessions, f"engine ({backend})", "failed", "", "", "", "", ""])
             elif entry:
-                ratio = entry.get("ratio_vs_relay")
                 beside = entry.get("relay_alongside")
                 if beside:
-                    rows.append(
-                        [
-                            sessions,
-                            f"bare relay, beside the engine ({backend})",
-                            _med(beside, "tokens_per_s", 0),
-                            _med(beside, "streaming_tokens_per_s", 0),
-                            "",
-                            _med(beside, "bytes_per_token"),
-                            _med(beside, "server_cpu_us_per_token"),
-                            _med(beside, "provider_cpu_us_per_token"),
-                        ]
-                    )
-                rows.append(
-                    [
-                        sessions,
-                        f"engine ({backend})",
-                        _med(entry, "tokens_per_s", 0),
-                        _med(entry, "streaming_tokens_per_s", 0),
-                        "-" if ratio is None else f"{ratio * 100:.0f}%",
-                        _med(entry, "bytes_per_token"),
-                        _med(entry, "server_cpu_us_per_token"),
-                        _med(entry, "provider_cpu_us_per_token"),
-                    ]
-                )
+                    rows.append(_rate_row(sessions, f"bare relay, beside the engine ({backend})", beside, ""))
+                ratio = entry.get("ratio_vs_relay")
+                vs = "-" if ratio is None else f"{ratio * 100:.0f}%"
+                rows.append(_rate_row(sessions, f"engine ({backend})", entry, vs))
         peer = pick(results, "scenarios", "peer", "stream_1")
         if peer and sessions == "1":
-            rows.append(
-                [
-                    sessions,
-                    "LiteLLM proxy (SSE)",
-                    _med(peer, "tokens_per_s", 0),
-                    _med(peer, "streaming_tokens_per_s", 0),
-                    "",
-                    _med(peer, "bytes_per_token"),
-                    _med(peer, "server_cpu_us_per_token"),
-                    _med(peer, "provider_cpu_us_per_token"),
-                ]
-            )
+            rows.append(_rate_row(sessions, "LiteLLM proxy (SSE)", peer, ""))
     return lines + _table(
         [
             "Sessions",
@@ -275,6 +233,20 @@ def _throughput(results: dict[str, Any]) -> list[str]:
         ],
         rows,
     )
+
+
+def _rate_row(sessions: str, label: str, entry: dict[str, Any], vs_relay: str) -> list[str]:
+    """One row of the streaming table: rates, the ratio to the relay, bytes and CPU per token."""
+    return [
+        sessions,
+        label,
+        _med(entry, "tokens_per_s", 0),
+        _med(entry, "streaming_tokens_per_s", 0),
+        vs_relay,
+        _med(entry, "bytes_per_token"),
+        _med(entry, "server_cpu_us_per_token"),
+        _med(entry, "provider_cpu_us_per_token"),
+    ]
 
 
 def _vs_relay(entry: Any, relay: Any) -> str:
