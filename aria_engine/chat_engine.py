@@ -243,7 +243,7 @@ class ChatEngine(SessionManager):
         # SQLite a message row is two statements and needs its transaction).
         self._autocommit: AsyncEngine | None = (
             self._db_engine.execution_options(isolation_level="AUTOCOMMIT")
-            if self._db_engine.dialect.name == "postgresql"
+            if store.single_statement_appends(self._db_engine)
             else None
         )
         self.tools = tools

@@ -4,8 +4,8 @@ The task running a turn appends each event once, already serialised, with its pe
 `follow(turn_id, after_seq)`: they get every logged event after `after_seq` in order, exactly once, then
 the live ones, and the iteration ends after the turn's final (`done`) event. Events come in batches,
 every event logged since the follower last looked: a burst of tokens costs the follower one wake-up and
-no object per event. The log is also the channel for
-cancelling a turn that runs in another process (`request_cancel` / `on_cancel`).
+no object per event. The log is also the channel for cancelling a turn that runs in another process
+(`request_cancel` / `on_cancel`).
 
 Two implementations behind one interface:
 - `MemoryTurnEventLog`: this process only. Bounded: a finished turn is kept `ttl` seconds, at most

@@ -37,7 +37,7 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
 
 from aria_engine.db.models import ChatMessage, ChatSession, utcnow
 from aria_engine.db.types import Money, format_money, to_money
@@ -117,8 +117,8 @@ _APPEND = _advance_and_insert(_ADVANCE_SESSION)
 _APPEND_AND_RELEASE = _advance_and_insert(_ADVANCE_AND_RELEASE)
 
 
-def single_statement_appends(db: Executor) -> bool:
-    """Whether `append_message` is one statement on this connection (PostgreSQL), so the caller may run
+def single_statement_appends(db: Executor | AsyncEngine) -> bool:
+    """Whether `append_message` is one statement on this database (PostgreSQL), so the caller may run
     it outside a transaction. SQLite has no data-modifying WITH: there it is two, in the caller's
     transaction."""
     bind = db.get_bind() if isinstance(db, AsyncSession) else db
