@@ -35,7 +35,7 @@ from decimal import Decimal
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, async_sessionmaker
 
 from aria_engine.context_manager import ContextManager, MessageView
@@ -419,8 +419,16 @@ class ChatEngine(SessionManager):
             first_messages = await self._context(db, session, plan, MessageView(user_seq, "user", content))
             first_call = self._open_call(session, plan, 0, first_messages, enable_thinking)
             try:
-                user_row = await self._write_user_row(
-                    db, session, user_seq, content, turn_id, idempotency_key
+                user_row = await store.insert_message(
+                    db,
+                    session.id,
+                    seq=user_seq,
+                    role="user",
+                    content=content,
+                    turn_id=turn_id,
+                    idempotency_key=idempotency_key,
+                    # `session` is a plain record and keeps title None: it tells the turn this is the first.
+                    title_if_unset=clean_title(content) if session.title is None else None,
                 )
                 await db.commit()
             except BaseException:
@@ -428,31 +436,6 @@ class ChatEngine(SessionManager):
                 raise
         self._remember(session.id, user_row)
         return session, plan, user_row, first_call
-
-    @staticmethod
-    async def _write_user_row(
-        db: AsyncConnection,
-        session: TurnSession,
-        seq: int,
-        content: str,
-        turn_id: uuid.UUID,
-        idempotency_key: str | None,
-    ) -> ChatMessage:
-        user_row = await store.insert_message(
-            db,
-            session.id,
-            seq=seq,
-            role="user",
-            content=content,
-            turn_id=turn_id,
-            idempotency_key=idempotency_key,
-        )
-        if session.title is None:
-            # `session` is a plain record and keeps title None: it tells the turn this is the first.
-            await db.execute(
-                update(ChatSession).where(ChatSession.id == session.id).values(title=clean_title(content))
-            )
-        return user_row
 
     async def _start_refused(
         self, db: AsyncConnection, sid: uuid.UUID, owner: str | None, turn_id: uuid.UUID

@@ -87,7 +87,6 @@ async def test_a_turn_costs_five_round_trips_on_postgresql_and_its_last_row_one(
     postgres = database_url.startswith("postgresql")
     engine = await make_engine()
     session = await engine.create_session(owner="o")
-    await engine.send_message(session["id"], "warm-up", owner="o")  # the first turn also sets the title
     sent: list[str] = []
 
     def log_query(record) -> None:  # type: ignore[no-untyped-def]  # asyncpg: BEGIN and COMMIT
@@ -105,15 +104,22 @@ async def test_a_turn_costs_five_round_trips_on_postgresql_and_its_last_row_one(
     if postgres:
         event.listen(bind.sync_engine, "connect", on_connect)
     event.listen(bind.sync_engine, "before_cursor_execute", log_statement)
-    response = await engine.send_message(session["id"], "and now?", owner="o")
+    first = await engine.send_message(session["id"], "Hello there", owner="o")
+    first_sent, sent[:] = sent[:], []
+    second = await engine.send_message(session["id"], "and now?", owner="o")
+    second_sent = sent[:]
 
-    assert response.finish_reason == "stop"
+    assert first.finish_reason == second.finish_reason == "stop"
+    assert (await engine.get_session(session["id"], owner="o"))["title"] == "Hello there"
     if postgres:
         # The lease and the user row in one transaction; the final row with its counters and the lease's
         # release in one statement of its own (`WITH advanced AS (UPDATE ...) INSERT ...`): no
         # BEGIN/COMMIT. (SQLAlchemy hands the driver the first statement of a transaction, which sends
-        # BEGIN before it.)
-        assert sent == ["UPDATE", "BEGIN", "INSERT", "COMMIT", "WITH"], sent
+        # BEGIN before it.) A first turn's user row also sets the title, in its own statement
+        # (`WITH titled AS (UPDATE ...) INSERT ...`).
+        assert first_sent == ["UPDATE", "BEGIN", "WITH", "COMMIT", "WITH"], first_sent
+        assert second_sent == ["UPDATE", "BEGIN", "INSERT", "COMMIT", "WITH"], second_sent
     else:
-        # No data-modifying WITH on SQLite: the final row is the session UPDATE and the INSERT.
-        assert sent == ["UPDATE", "INSERT", "UPDATE", "INSERT"], sent
+        # No data-modifying WITH on SQLite: the title and the final row's counters are UPDATEs of their own.
+        assert first_sent == ["UPDATE", "INSERT", "UPDATE", "UPDATE", "INSERT"], first_sent
+        assert second_sent == ["UPDATE", "INSERT", "UPDATE", "INSERT"], second_sent

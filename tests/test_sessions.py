@@ -115,3 +115,15 @@ async def test_a_configured_title_model_names_the_session_after_its_first_turn(m
     # The title call is not a message: the totals are the turn's alone.
     assert detail["message_count"] == 2
     await engine.aclose()
+
+
+async def test_a_first_message_titles_an_untitled_session_and_leaves_a_given_title(make_engine) -> None:  # type: ignore[no-untyped-def]
+    engine = await make_engine()
+    untitled = await engine.create_session(owner="o")
+    titled = await engine.create_session(owner="o", title="Trip plans")
+    for session in (untitled, titled):
+        await engine.send_message(session["id"], "what should   I pack\nfor Oslo?", owner="o")
+        await engine.send_message(session["id"], "and for Rome?", owner="o")
+
+    assert (await engine.get_session(untitled["id"], owner="o"))["title"] == "what should I pack for Oslo?"
+    assert (await engine.get_session(titled["id"], owner="o"))["title"] == "Trip plans"

@@ -115,6 +115,17 @@ def _advance_and_insert(advance: Update) -> Insert:
 
 _APPEND = _advance_and_insert(_ADVANCE_SESSION)
 _APPEND_AND_RELEASE = _advance_and_insert(_ADVANCE_AND_RELEASE)
+_SET_TITLE_IF_UNSET = (
+    update(_SESSIONS)
+    .where(_SESSIONS.c.id == bindparam("session_id"), _SESSIONS.c.title.is_(None))
+    .values(title=bindparam("title"))
+)
+# PostgreSQL runs a data-modifying WITH even when the statement does not read it.
+_INSERT_TITLED = (
+    insert(_MESSAGES)
+    .values({column.name: bindparam(f"m_{column.name}", type_=column.type) for column in _MESSAGES.columns})
+    .add_cte(_SET_TITLE_IF_UNSET.cte("titled"))
+)
 
 
 def single_statement_appends(db: Executor | AsyncEngine) -> bool:
@@ -178,11 +189,25 @@ async def insert_message(
     content: str = "",
     turn_id: uuid.UUID | None = None,
     counters: MessageCounters = MessageCounters(),
+    title_if_unset: str | None = None,
     **fields: Any,
 ) -> ChatMessage:
-    """Write one message row at a `seq` the caller already took from the session (with its counters)."""
+    """Write one message row at a `seq` the caller already took from the session (with its counters).
+
+    `title_if_unset`: also give the session this title if it has none (a session's first message). On
+    PostgreSQL that rides in the same statement, so a first turn costs no extra round trip.
+    """
     row = _new_message(session_id, seq, role, content, turn_id, counters, fields)
-    await db.execute(_INSERT_MESSAGE, [_column_values(row)])
+    values = _column_values(row)
+    if title_if_unset is None:
+        await db.execute(_INSERT_MESSAGE, [values])
+        return row
+    params = {"session_id": session_id, "title": title_if_unset}
+    if single_statement_appends(db):
+        await db.execute(_INSERT_TITLED, params | {f"m_{name}": value for name, value in values.items()})
+    else:
+        await db.execute(_INSERT_MESSAGE, [values])
+        await db.execute(_SET_TITLE_IF_UNSET, params)
     return row
 
 
