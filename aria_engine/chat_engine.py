@@ -40,6 +40,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession, a
 
 from aria_engine.context_manager import ContextManager, MessageView
 from aria_engine.db import store
+from aria_engine.db.engine import shielded, transaction
 from aria_engine.db.models import ChatMessage, ChatSession, utcnow
 from aria_engine.db.store import Executor, MessageCounters, TurnSession
 from aria_engine.db.types import format_money
@@ -268,9 +269,7 @@ class ChatEngine(SessionManager):
     def _one_statement(self) -> contextlib.AbstractAsyncContextManager[AsyncConnection]:
         """A connection for writes of one `store.append_message` or one UPDATE: no transaction where the
         statement is atomic by itself (PostgreSQL), a transaction otherwise."""
-        if self._autocommit is not None:
-            return self._autocommit.connect()
-        return self._db_engine.begin()
+        return transaction(self._autocommit or self._db_engine)
 
     async def aclose(self) -> None:
         """Stop background work (title generation). Running turns belong to their callers."""
@@ -379,15 +378,15 @@ class ChatEngine(SessionManager):
                 self._spawn(self._generate_title(sid, clean_title(content), content))
         except BaseException as exc:  # cancellation, consumer gone, or a failure mid-turn
             if isinstance(exc, asyncio.CancelledError | GeneratorExit):
-                control.final_event = await _shielded(self._finish(turn, control.reason))
+                control.final_event = await shielded(self._finish(turn, control.reason))
                 raise
-            error_event, done = await _shielded(self._fail(turn, exc))
+            error_event, done = await shielded(self._fail(turn, exc))
             yield error_event
             yield done
         finally:
             heartbeat.cancel()
             if not first_call.taken:  # the turn ended before its first round began
-                await _shielded(first_call.discard())
+                await shielded(first_call.discard())
 
     async def _begin_turn(
         self,
@@ -408,7 +407,7 @@ class ChatEngine(SessionManager):
         nothing of the turn was emitted. Refusals and crashed-turn takeovers go through `_start_refused`.
         """
         turn_id = uuid.UUID(control.turn_id)
-        async with self._db_engine.begin() as db:
+        async with transaction(self._db_engine) as db:
             session = await store.start_turn(db, sid, owner, turn_id, self.lease_seconds)
             if session is None:
                 session = await self._start_refused(db, sid, owner, turn_id)
@@ -432,7 +431,7 @@ class ChatEngine(SessionManager):
                 )
                 await db.commit()
             except BaseException:
-                await _shielded(first_call.discard())
+                await shielded(first_call.discard())
                 raise
         self._remember(session.id, user_row)
         return session, plan, user_row, first_call
@@ -516,7 +515,7 @@ class ChatEngine(SessionManager):
             if round_no == 0:
                 call = first_call  # opened while the user row committed
             else:
-                async with self._db_engine.connect() as db:
+                async with transaction(self._db_engine) as db:
                     messages = await self._context(db, session, plan)
                 call = self._open_call(session, plan, round_no, messages, enable_thinking)
             turn.call = _Call(model_id=plan.info.id, messages=call.messages)
@@ -694,7 +693,7 @@ class ChatEngine(SessionManager):
         counters = self._call_counters(call) if call else MessageCounters()
         written: list[ChatMessage] = []
         # Tool calls left unanswered add rows of their own: then all of them in one transaction.
-        async with self._db_engine.begin() if turn.pending_tool_calls else self._one_statement() as db:
+        async with transaction(self._db_engine) if turn.pending_tool_calls else self._one_statement() as db:
             for tool_call in turn.pending_tool_calls:
                 # Tools that never ran still get a result row, so the history stays well-formed.
                 cancelled = await store.append_message(
@@ -913,19 +912,6 @@ class ChatEngine(SessionManager):
         if recovered:
             logger.info("recovered interrupted turns", extra={"count": recovered})
         return recovered
-
-
-async def _shielded(coro: Coroutine[Any, Any, T]) -> T:
-    """Run `coro` to completion even if the caller is cancelled (again) meanwhile.
-
-    Used to persist a turn's end after a cancellation: the write must land, and the caller re-raises
-    its own cancellation afterwards.
-    """
-    task = asyncio.ensure_future(coro)
-    while not task.done():
-        with contextlib.suppress(asyncio.CancelledError):
-            await asyncio.shield(task)
-    return task.result()
 
 
 def _replay_events(sid: uuid.UUID, user_row: ChatMessage, rows: list[ChatMessage]) -> list[TurnEvent]:

@@ -246,3 +246,42 @@ async def test_sqlite_waits_for_the_write_lock_up_to_the_pool_timeout_then_fails
             assert (await conn.exec_driver_sql("PRAGMA busy_timeout")).scalar_one() == 30_000
     finally:
         await default.dispose()
+
+
+async def test_transaction_commits_rolls_back_and_hands_the_connection_back_without_a_loop_pass(
+    db_factory, database_url: str
+) -> None:  # type: ignore[no-untyped-def]
+    from aria_engine.db.engine import transaction
+
+    engine = db_factory.kw["bind"]
+    sid = await _session(db_factory)
+    rename = ChatSession.__table__.update().where(ChatSession.id == sid)
+    passes = 0
+
+    async def count_passes() -> None:
+        nonlocal passes
+        while True:
+            passes += 1
+            await asyncio.sleep(0)
+
+    counter = asyncio.create_task(count_passes())
+    try:
+        async with transaction(engine) as db:
+            await db.execute(rename.values(title="kept"))
+            await db.commit()
+            before_exit = passes
+        after_exit = passes
+        with pytest.raises(RuntimeError):
+            async with transaction(engine) as db:
+                await db.execute(rename.values(title="rolled back"))
+                raise RuntimeError("boom")
+    finally:
+        counter.cancel()
+
+    async with db_factory() as db:
+        assert (await db.get(ChatSession, sid)).title == "kept"  # type: ignore[union-attr]
+    if database_url.startswith("postgresql"):
+        # Nothing left to do on the wire: a turn start does not wait for the loop to come round (three
+        # times, with SQLAlchemy's own context manager) before it can go on.
+        assert after_exit == before_exit
+    assert engine.pool.checkedout() == 0
