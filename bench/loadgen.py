@@ -53,11 +53,16 @@ class _TurnRecorder:
         self.tokens: list[int] = []
         self.bytes: list[int] = []
         self.gaps: list[float] = []
+        self.gap_ends: list[float] = []  # when each gap ended: the arrival of its second token
         self.errors = 0
         self.error_sample = ""
         self.first_send = float("inf")
         self.first_token = float("inf")
         self.last_done = 0.0
+        # Every stream is delivering tokens between the last stream's first token and the first stream's
+        # last token: the window where the load is the full number of concurrent streams.
+        self.last_first_token = 0.0
+        self.first_last_token = float("inf")
 
     def add(self, sent: float, arrivals: list[float], done: float, size: int) -> None:
         self.first_send = min(self.first_send, sent)
@@ -68,8 +73,11 @@ class _TurnRecorder:
         if arrivals:
             self.first_token = min(self.first_token, arrivals[0])
             self.ttft.append(arrivals[0] - sent)
+            self.last_first_token = max(self.last_first_token, arrivals[0])
+            self.first_last_token = min(self.first_last_token, arrivals[-1])
             if self.record_gaps:
                 self.gaps.extend(b - a for a, b in itertools.pairwise(arrivals))
+                self.gap_ends.extend(arrivals[1:])
 
     def fail(self, message: str) -> None:
         self.errors += 1
@@ -82,6 +90,8 @@ class _TurnRecorder:
             "tokens": self.tokens,
             "bytes": self.bytes,
             "gaps": self.gaps,
+            "gap_ends": self.gap_ends,
+            "all_streaming": [self.last_first_token, self.first_last_token] if self.ttft else None,
             "errors": self.errors,
             "error_sample": self.error_sample,
             "first_send": self.first_send if self.total else None,

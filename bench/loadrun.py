@@ -92,10 +92,11 @@ def split_urls(job: Job, processes: int) -> list[Job]:
 
 def merge_turns(results: list[dict[str, Any]]) -> dict[str, Any]:
     """One turn result from several processes' (lists concatenated, the time window spanned)."""
-    merged: dict[str, Any] = {key: [] for key in ("ttft", "total", "tokens", "bytes", "gaps")}
+    keys = ("ttft", "total", "tokens", "bytes", "gaps", "gap_ends")
+    merged: dict[str, Any] = {key: [] for key in keys}
     for result in results:
         for key in merged:
-            merged[key].extend(result[key])
+            merged[key].extend(result.get(key, ()))
     starts = [r["first_send"] for r in results if r.get("first_send") is not None]
     ends = [r["last_done"] for r in results if r.get("last_done") is not None]
     merged["errors"] = sum(r["errors"] for r in results)
@@ -106,4 +107,8 @@ def merge_turns(results: list[dict[str, Any]]) -> dict[str, Any]:
     # From the first token anywhere to the last `done`: the streaming rate without turn set-up.
     firsts = [r["first_token"] for r in results if r.get("first_token") is not None]
     merged["streaming_window"] = (max(ends) - min(firsts)) if firsts and ends else 0.0
+    windows = [r["all_streaming"] for r in results if r.get("all_streaming")]
+    merged["all_streaming"] = (
+        [max(start for start, _ in windows), min(end for _, end in windows)] if windows else None
+    )
     return merged

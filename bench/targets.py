@@ -62,6 +62,10 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         streams = many.get("streams")
         note = "" if streams == 1000 else f"measured with {streams} streams (this mode), not 1,000"
         p99 = pick(many, "engine", "summary", "added_p99", "median")
+        # Judged on every gap of the run and on those while all streams ran at once: both must meet it,
+        # and a run whose streams never all ran at once did not test the target.
+        steady_p99 = pick(many, "engine", "summary", "all_streaming_added_p99", "median")
+        steady_seconds = pick(many, "engine", "summary", "all_streaming_seconds", "median")
         relay_p99 = pick(many, "relay", "summary", "added_p99", "median")
         floor_p99 = pick(many, "direct", "summary", "added_p99", "median")
         # The ceiling and the floor under the same load say whether this machine can meet it at all.
@@ -70,17 +74,27 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             for label, value in (("bare relay", relay_p99), ("direct SSE floor", floor_p99))
             if value is not None
         )
+        steady_note = ""
+        if steady_p99 is not None and steady_seconds:
+            steady_note = f"while all {streams:,} streamed ({steady_seconds:.0f} s): {steady_p99:.0f} ms"
+        elif steady_seconds is not None:
+            steady_note = f"the {streams:,} streams never all ran at once"
         rows.append(
             _row(
                 "Concurrent streams: added inter-token delay p99",
                 "≤ 50 ms",
                 p99,
                 "ms",
-                p99 is not None and p99 <= 50.0,
-                "; ".join(filter(None, [note, relay_note])),
+                p99 is not None
+                and p99 <= 50.0
+                # (results from before the window was measured have no steady_seconds)
+                and (steady_seconds is None or (steady_p99 is not None and steady_p99 <= 50.0)),
+                "; ".join(filter(None, [note, steady_note, relay_note])),
             )
         )
-        rss = pick(many, "engine", "summary", "rss_streaming_kb_per_connection", "median")
+        # The worst repeat: the first one's growth is the per-connection cost from a cold process; later
+        # repeats reuse the memory the finished turns' logs leave behind.
+        rss = pick(many, "engine", "summary", "rss_streaming_kb_per_connection", "max")
         rows.append(
             _row(
                 "Concurrent streams: RSS per streaming connection",
@@ -88,7 +102,7 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                 rss,
                 "KB",
                 rss is not None and rss <= 100.0,
-                note,
+                "; ".join(filter(None, [note, "the worst repeat"])),
             )
         )
     for backend in ("postgres", "sqlite"):
