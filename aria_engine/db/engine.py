@@ -128,8 +128,9 @@ async def transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
     SQLAlchemy's own context managers close the connection in a task of its own, shielded from
     cancellation, and that costs three passes of the loop. With a thousand streams running, a pass
     takes tens of milliseconds: every turn start waited 90-150 ms for it. Once the transaction is over,
-    handing the connection back does no I/O, so there is nothing a cancellation could cut short. After an
-    error the rollback is I/O, and the connection closes the shielded way.
+    handing the connection back does no I/O on PostgreSQL, so there is nothing a cancellation could cut
+    short (on SQLite the pool's reset is a hop to the driver's thread; cancelled there, the pool discards
+    that connection). After an error the rollback is I/O, and the connection closes the shielded way.
     """
     db = await engine.connect()
     try:
