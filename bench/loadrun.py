@@ -96,7 +96,7 @@ def merge_turns(results: list[dict[str, Any]]) -> dict[str, Any]:
     merged: dict[str, Any] = {key: [] for key in keys}
     for result in results:
         for key in merged:
-            merged[key].extend(result.get(key, ()))
+            merged[key].extend(result[key])
     starts = [r["first_send"] for r in results if r.get("first_send") is not None]
     ends = [r["last_done"] for r in results if r.get("last_done") is not None]
     merged["errors"] = sum(r["errors"] for r in results)

@@ -76,7 +76,7 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         )
         steady_note = ""
         if steady_p99 is not None and steady_seconds:
-            steady_note = f"while all {streams:,} streamed ({steady_seconds:.0f} s): {steady_p99:.0f} ms"
+            steady_note = f"while all {streams:,} streamed ({steady_seconds:.1f} s): {steady_p99:.0f} ms"
         elif steady_seconds is not None:
             steady_note = f"the {streams:,} streams never all ran at once"
         rows.append(

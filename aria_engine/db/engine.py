@@ -134,16 +134,13 @@ async def transaction(engine: AsyncEngine) -> AsyncIterator[AsyncConnection]:
     pairs the shielded close measured a TTFT overhead p50 of 2.47 ms against 2.82 ms inline.
     """
     db = await engine.connect()
+    inline = False
     try:
         async with db.begin():
             yield db
-    except BaseException:
-        await shielded(db.close())
-        raise
-    if engine.dialect.name == "sqlite":
-        await shielded(db.close())
-    else:
-        await db.close()
+        inline = engine.dialect.name != "sqlite"
+    finally:
+        await (db.close() if inline else shielded(db.close()))
 
 
 async def shielded(coro: Coroutine[Any, Any, T]) -> T:
