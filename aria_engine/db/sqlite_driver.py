@@ -1,0 +1,144 @@
+"""aiosqlite with one hop to its thread per statement, for SQLAlchemy's `sqlite+aiosqlite` dialect.
+
+aiosqlite runs every call on the connection's own thread, and each call is a hop: a queue put, a wake of
+that thread, and a wake of the event loop through its self-pipe when the result comes back. SQLAlchemy's
+adapter makes four of them per statement that returns rows (create the cursor, execute, fetch all rows,
+close the cursor) and three per write; a turn start (take the lease, insert the user row, commit) made
+nine, counting the pool's rollback when the connection went back. On a busy two-core machine a hop costs
+a tenth of a millisecond or more, and the turn start is on the way to the first token.
+
+Here a statement is one hop: the thread creates the cursor, executes and fetches the rows together, and
+the close is queued behind it without being awaited (the thread runs it before anything else on that
+connection). Every sqlite3 call still happens on the connection's thread, as aiosqlite guarantees.
+`reset_if_in_transaction` is the pool's reset: a rollback only when a transaction is open, so a connection
+handed back after a commit costs no hop at all.
+
+The module is passed to SQLAlchemy as the dialect's DBAPI (`create_async_engine(module=...)`), wrapped by
+SQLAlchemy's own aiosqlite adapter, which stays in charge of everything else.
+"""
+
+from __future__ import annotations
+
+import functools
+import sqlite3
+import sys
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+import aiosqlite
+from aiosqlite import (  # noqa: F401  (the DBAPI names SQLAlchemy's adapter reads from this module)
+    DatabaseError,
+    Error,
+    IntegrityError,
+    NotSupportedError,
+    OperationalError,
+    ProgrammingError,
+    sqlite_version,
+    sqlite_version_info,
+)
+from aiosqlite.context import contextmanager
+from sqlalchemy.dialects.sqlite.aiosqlite import AsyncAdapt_aiosqlite_dbapi
+
+__all__ = ["dbapi", "reset_if_in_transaction"]
+
+
+def _execute_and_fetch(
+    connection: sqlite3.Connection, sql: str, parameters: Iterable[Any]
+) -> tuple[sqlite3.Cursor, list[Any]]:
+    """On the connection's thread: a cursor, the statement, and every row it returns."""
+    cursor = connection.cursor()
+    try:
+        cursor.execute(sql, parameters)
+        return cursor, cursor.fetchall() if cursor.description else []
+    except BaseException:
+        cursor.close()
+        raise
+
+
+class Cursor(aiosqlite.Cursor):
+    """A cursor whose sqlite3 cursor is made by its first statement, with the rows fetched alongside."""
+
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        self._conn = conn
+        self._cursor: sqlite3.Cursor | None = None  # type: ignore[assignment]
+        self._rows: list[Any] = []
+        self.iter_chunk_size = conn._iter_chunk_size
+
+    async def execute(self, sql: str, parameters: Iterable[Any] | None = None) -> Cursor:
+        self._close_sqlite_cursor()
+        self._cursor, self._rows = await self._conn._execute(
+            _execute_and_fetch, self._conn._conn, sql, [] if parameters is None else parameters
+        )
+        return self
+
+    async def executemany(self, sql: str, parameters: Iterable[Iterable[Any]]) -> Cursor:
+        self._close_sqlite_cursor()
+        self._cursor = await self._conn._execute(self._conn._conn.executemany, sql, parameters)
+        self._rows = []
+        return self
+
+    async def fetchone(self) -> Any:
+        return self._rows.pop(0) if self._rows else None
+
+    async def fetchmany(self, size: int | None = None) -> Sequence[Any]:
+        count = self.arraysize if size is None else size
+        rows, self._rows = self._rows[:count], self._rows[count:]
+        return rows
+
+    async def fetchall(self) -> Sequence[Any]:
+        rows, self._rows = self._rows, []
+        return rows
+
+    async def close(self) -> None:
+        self._close_sqlite_cursor()
+
+    def _close_sqlite_cursor(self) -> None:
+        if self._cursor is not None and self._conn._connection is not None:
+            # Queued, not awaited: the connection's thread runs it before the next statement.
+            self._conn._tx.put_nowait((None, self._cursor.close))
+        self._cursor = None  # type: ignore[assignment]
+        self._rows = []
+
+    @property
+    def rowcount(self) -> int:
+        return -1 if self._cursor is None else self._cursor.rowcount
+
+    @property
+    def lastrowid(self) -> int | None:
+        return None if self._cursor is None else self._cursor.lastrowid
+
+    @property
+    def description(self) -> Any:
+        return None if self._cursor is None else self._cursor.description
+
+    @property
+    def arraysize(self) -> int:
+        return 1 if self._cursor is None else self._cursor.arraysize
+
+    @arraysize.setter
+    def arraysize(self, value: int) -> None:
+        if self._cursor is not None:
+            self._cursor.arraysize = value
+
+
+class Connection(aiosqlite.Connection):
+    """An aiosqlite connection whose cursors cost no hop of their own."""
+
+    @contextmanager
+    async def cursor(self) -> Cursor:  # type: ignore[override]
+        return Cursor(self)
+
+
+def connect(database: str, *, iter_chunk_size: int = 64, **kwargs: Any) -> Connection:
+    """`aiosqlite.connect` (SQLAlchemy passes the file name as a string), with this module's cursors."""
+    return Connection(functools.partial(sqlite3.connect, database, **kwargs), iter_chunk_size)
+
+
+def reset_if_in_transaction(dbapi_connection: Any, _record: Any, _reset_state: Any) -> None:
+    """The pool's reset on return (with `pool_reset_on_return=None`): roll back only an open
+    transaction. `in_transaction` is read off the sqlite3 connection without a hop."""
+    if dbapi_connection.driver_connection.in_transaction:
+        dbapi_connection.rollback()
+
+
+dbapi = AsyncAdapt_aiosqlite_dbapi(sys.modules[__name__], sqlite3)  # type: ignore[arg-type]
