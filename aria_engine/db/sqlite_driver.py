@@ -4,12 +4,16 @@ aiosqlite runs every call on the connection's own thread, and each call is a hop
 that thread, and a wake of the event loop through its self-pipe when the result comes back. SQLAlchemy's
 adapter makes four of them per statement that returns rows (create the cursor, execute, fetch all rows,
 close the cursor) and three per write; a turn start (take the lease, insert the user row, commit) made
-nine, counting the pool's rollback when the connection went back. On a busy two-core machine a hop costs
-a tenth of a millisecond or more, and the turn start is on the way to the first token.
+nine, counting the pool's rollback when the connection went back. A hop costs a tenth of a millisecond
+or more on a busy two-core machine, and the turn start is on the way to the first token: the engine's
+TTFT overhead on SQLite was 1.7 ms above PostgreSQL's before, and is level with it now
+(bench/ANALYSIS.md).
 
 Here a statement is one hop: the thread creates the cursor, executes and fetches the rows together, and
 the close is queued behind it without being awaited (the thread runs it before anything else on that
 connection). Every sqlite3 call still happens on the connection's thread, as aiosqlite guarantees.
+Rows come back with their statement, so a server-side cursor (`AsyncConnection.stream`) holds its whole
+result in memory here: the engine reads large tables in keyset pages instead.
 `reset_if_in_transaction` is the pool's reset: a rollback only when a transaction is open, so a connection
 handed back after a commit costs no hop at all.
 
@@ -38,6 +42,7 @@ from aiosqlite import (  # noqa: F401  (the DBAPI names SQLAlchemy's adapter rea
 )
 from aiosqlite.context import contextmanager
 from sqlalchemy.dialects.sqlite.aiosqlite import AsyncAdapt_aiosqlite_dbapi
+from sqlalchemy.pool import PoolResetState
 
 __all__ = ["dbapi", "reset_if_in_transaction"]
 
@@ -62,6 +67,7 @@ class Cursor(aiosqlite.Cursor):
         self._conn = conn
         self._cursor: sqlite3.Cursor | None = None  # type: ignore[assignment]
         self._rows: list[Any] = []
+        self._read = 0  # rows of `_rows` already handed out
         self.iter_chunk_size = conn._iter_chunk_size
 
     async def execute(self, sql: str, parameters: Iterable[Any] | None = None) -> Cursor:
@@ -69,24 +75,26 @@ class Cursor(aiosqlite.Cursor):
         self._cursor, self._rows = await self._conn._execute(
             _execute_and_fetch, self._conn._conn, sql, [] if parameters is None else parameters
         )
+        self._read = 0
         return self
 
     async def executemany(self, sql: str, parameters: Iterable[Iterable[Any]]) -> Cursor:
         self._close_sqlite_cursor()
         self._cursor = await self._conn._execute(self._conn._conn.executemany, sql, parameters)
-        self._rows = []
         return self
 
     async def fetchone(self) -> Any:
-        return self._rows.pop(0) if self._rows else None
+        rows = await self.fetchmany(1)
+        return rows[0] if rows else None
 
     async def fetchmany(self, size: int | None = None) -> Sequence[Any]:
-        count = self.arraysize if size is None else size
-        rows, self._rows = self._rows[:count], self._rows[count:]
-        return rows
+        start = self._read
+        self._read = min(len(self._rows), start + (self.arraysize if size is None else size))
+        return self._rows[start : self._read]
 
     async def fetchall(self) -> Sequence[Any]:
-        rows, self._rows = self._rows, []
+        rows = self._rows[self._read :] if self._read else self._rows
+        self._rows, self._read = [], 0
         return rows
 
     async def close(self) -> None:
@@ -97,7 +105,7 @@ class Cursor(aiosqlite.Cursor):
             # Queued, not awaited: the connection's thread runs it before the next statement.
             self._conn._tx.put_nowait((None, self._cursor.close))
         self._cursor = None  # type: ignore[assignment]
-        self._rows = []
+        self._rows, self._read = [], 0
 
     @property
     def rowcount(self) -> int:
@@ -134,10 +142,16 @@ def connect(database: str, *, iter_chunk_size: int = 64, **kwargs: Any) -> Conne
     return Connection(functools.partial(sqlite3.connect, database, **kwargs), iter_chunk_size)
 
 
-def reset_if_in_transaction(dbapi_connection: Any, _record: Any, _reset_state: Any) -> None:
-    """The pool's reset on return (with `pool_reset_on_return=None`): roll back only an open
-    transaction. `in_transaction` is read off the sqlite3 connection without a hop."""
-    if dbapi_connection.driver_connection.in_transaction:
+def reset_if_in_transaction(dbapi_connection: Any, _record: Any, reset_state: PoolResetState) -> None:
+    """The pool's reset on return (with `pool_reset_on_return=None`): roll back only a transaction that
+    is still open. `in_transaction` is read off the sqlite3 connection without a hop."""
+    if reset_state.terminate_only or not reset_state.asyncio_safe or reset_state.transaction_was_reset:
+        return  # being closed anyway, outside the event loop (garbage collection), or rolled back already
+    try:
+        still_open = dbapi_connection.driver_connection.in_transaction
+    except ValueError:  # aiosqlite's connection is closed
+        return
+    if still_open:
         dbapi_connection.rollback()
 
 
