@@ -398,48 +398,84 @@ class ChatEngine(SessionManager):
         enable_tools: bool,
         enable_thinking: bool,
     ) -> tuple[TurnSession, _Plan, ChatMessage, _OpenedCall]:
-        """Checks that can fail, then the lease and the user row in one transaction.
+        """Take the lease and write the user row, then the checks that can refuse the turn.
 
-        The normal turn costs two statements before its first LLM call: take the lease (returning the
-        session, its user seq reserved) and read the history (none for a session's first message, none
-        when the history cache holds it). The call is then opened, and the user row
-        is inserted and committed while its request is on the way; if that fails, the call is closed and
-        nothing of the turn was emitted. Refusals and crashed-turn takeovers go through `_start_refused`.
+        On PostgreSQL the start is one statement, committed by itself (no BEGIN or COMMIT round trip on
+        the way to the first token), and the history, when the cache lacks it, one more; a refused turn
+        takes its start back with `store.undo_turn_start`. A start cancelled in flight (a shutdown) may
+        have landed: its lease runs out like a crashed turn's, and the turn is then closed as
+        interrupted. On SQLite they run in one transaction, committed while the LLM request is on its
+        way, and a refusal rolls it back. Crashed-turn takeovers go through `_start_refused`.
         """
         turn_id = uuid.UUID(control.turn_id)
-        async with transaction(self._db_engine) as db:
-            session = await store.start_turn(db, sid, owner, turn_id, self.lease_seconds)
-            if session is None:
-                session = await self._start_refused(db, sid, owner, turn_id)
-            plan = self._plan(session, content, enable_tools)
-            user_seq = session.next_seq - 1
-            # The lease is held, so no other writer: the history read now is the one the first round
-            # would read after the insert, and a history that cannot fit fails here, before the turn.
-            first_messages = await self._context(db, session, plan, MessageView(user_seq, "user", content))
+        title = clean_title(content)
+        async with self._one_statement() as db:
+            started = await store.start_turn(
+                db,
+                sid,
+                owner,
+                turn_id,
+                self.lease_seconds,
+                content=content,
+                idempotency_key=idempotency_key,
+                title=title,
+            )
+            if started is None:
+                started = await self._start_refused(db, sid, owner, turn_id, content, idempotency_key, title)
+            session, user_row = started.session, started.user_row
+            try:
+                plan = self._plan(session, content, enable_tools)
+                # The lease is held, so no other writer: a history that cannot fit fails here, before
+                # anything of the turn is emitted.
+                user = MessageView(user_row.seq, "user", content)
+                first_messages = await self._context(db, session, plan, user)
+            except BaseException:
+                if self._autocommit is not None:
+                    await shielded(self._undo_start(started, turn_id, title))
+                raise
             first_call = self._open_call(session, plan, 0, first_messages, enable_thinking)
             try:
-                user_row = await store.insert_message(
-                    db,
-                    session.id,
-                    seq=user_seq,
-                    role="user",
-                    content=content,
-                    turn_id=turn_id,
-                    idempotency_key=idempotency_key,
-                    # `session` is a plain record and keeps title None: it tells the turn this is the first.
-                    title_if_unset=clean_title(content) if session.title is None else None,
-                )
-                await db.commit()
+                await db.commit()  # SQLite: the start lands now, while the request is on its way
             except BaseException:
                 await shielded(first_call.discard())
                 raise
         self._remember(session.id, user_row)
         return session, plan, user_row, first_call
 
+    async def _undo_start(self, started: store.StartedTurn, turn_id: uuid.UUID, title: str) -> None:
+        async with self._one_statement() as db:
+            await store.undo_turn_start(db, started, turn_id, title)
+
     async def _start_refused(
-        self, db: AsyncConnection, sid: uuid.UUID, owner: str | None, turn_id: uuid.UUID
-    ) -> TurnSession:
-        """Why `start_turn` refused: raise the matching error, or take over a crashed turn's lease."""
+        self,
+        db: AsyncConnection,
+        sid: uuid.UUID,
+        owner: str | None,
+        turn_id: uuid.UUID,
+        content: str,
+        idempotency_key: str | None,
+        title: str,
+    ) -> store.StartedTurn:
+        """Why `start_turn` refused: raise the matching error, or take over a crashed turn's lease.
+
+        The takeover's writes land together: in the turn's transaction on SQLite (its refused UPDATE
+        holds the write lock already), in a transaction of their own where statements commit alone.
+        """
+        if self._autocommit is None:
+            return await self._take_over(db, sid, owner, turn_id, content, idempotency_key, title)
+        async with transaction(self._db_engine) as tx:
+            return await self._take_over(tx, sid, owner, turn_id, content, idempotency_key, title)
+
+    async def _take_over(
+        self,
+        db: AsyncConnection,
+        sid: uuid.UUID,
+        owner: str | None,
+        turn_id: uuid.UUID,
+        content: str,
+        idempotency_key: str | None,
+        title: str,
+    ) -> store.StartedTurn:
         # The slow path reads ORM objects: a session on the turn's connection joins its transaction
         # (closing the session does not end it).
         async with AsyncSession(bind=db) as orm:
@@ -453,7 +489,16 @@ class ChatEngine(SessionManager):
             expired = stale is not None and lease_until is not None and lease_until < now
             if expired and stale and await store.clear_stale_lease(orm, sid, stale, expired_before=now):
                 await self._mark_interrupted(orm, sid, stale)
-                started = await store.start_turn(orm, sid, owner, turn_id, self.lease_seconds)
+                started = await store.start_turn(
+                    orm,
+                    sid,
+                    owner,
+                    turn_id,
+                    self.lease_seconds,
+                    content=content,
+                    idempotency_key=idempotency_key,
+                    title=title,
+                )
                 if started is not None:
                     return started
         raise SessionBusy()

@@ -80,21 +80,22 @@ _COLUMNS = (
 
 def _context_rows_statement(*, this_turn_rows: bool) -> CompoundSelect:
     """The statements behind `ContextManager.read_rows`, built once (constructing one costs more than
-    running it). Parameters: `session_id`, `limit`. Without `this_turn_rows`, the history before a user
-    message that is not written yet."""
+    running it). Parameters: `session_id`, `limit`. Without `this_turn_rows`, the history before the
+    user row at `user_seq`."""
     in_session = ChatMessage.session_id == bindparam("session_id")
     is_user = ChatMessage.role == "user"
     limit = bindparam("limit", type_=Integer)
     # A seq range, not only ORDER BY ... LIMIT: the rows touched stay `limit` whatever the planner
     # estimates for this session (next_seq comes from the session row, by primary key).
     next_seq = select(ChatSession.next_seq).where(ChatSession.id == bindparam("session_id")).scalar_subquery()
-    newest = (
-        select(*_COLUMNS)
-        .where(in_session, ChatMessage.seq >= next_seq - limit)
-        .order_by(ChatMessage.seq.desc())
-        .limit(limit)
-    )
-    first_user = select(*_COLUMNS).where(in_session, is_user).order_by(ChatMessage.seq).limit(1)
+    newest_rows = [in_session, ChatMessage.seq >= next_seq - limit]
+    first_user_rows = [in_session, is_user]
+    if not this_turn_rows:  # the turn start has written its user row already
+        before = ChatMessage.seq < bindparam("user_seq", type_=Integer)
+        newest_rows.append(before)
+        first_user_rows.append(before)
+    newest = select(*_COLUMNS).where(*newest_rows).order_by(ChatMessage.seq.desc()).limit(limit)
+    first_user = select(*_COLUMNS).where(*first_user_rows).order_by(ChatMessage.seq).limit(1)
     newest_user_seq = (
         select(ChatMessage.seq).where(in_session, is_user).order_by(ChatMessage.seq.desc()).limit(1)
     ).scalar_subquery()
@@ -229,7 +230,7 @@ class ContextManager:
     async def _history_before(
         self, db: Executor, session_id: uuid.UUID, user_seq: int, context_window: int
     ) -> list[MessageView]:
-        """The rows before a user row not written yet: from the history cache when it holds them all."""
+        """The rows before the user row at `user_seq`: from the history cache when it holds them all."""
         limit = _window_rows(context_window)
         rows = self.history.history(session_id, user_seq, limit)
         if rows is None:
@@ -237,26 +238,29 @@ class ContextManager:
                 rows = []
             else:
                 rows = await self.read_rows(
-                    db, session_id=session_id, context_window=context_window, this_turn_rows=False
+                    db, session_id=session_id, context_window=context_window, before_seq=user_seq
                 )
             self.history.store(session_id, user_seq, limit, rows)
         return rows  # a fresh list either way: the cache keeps copies of its rows, never this list
 
     @staticmethod
     async def read_rows(
-        db: Executor, *, session_id: uuid.UUID, context_window: int, this_turn_rows: bool = True
+        db: Executor, *, session_id: uuid.UUID, context_window: int, before_seq: int | None = None
     ) -> list[MessageView]:
         """The rows a context can use, oldest first, in one statement whatever the history holds.
 
         Three index range scans on (session_id, seq), each with its own LIMIT, `UNION ALL`ed (one
         statement, so a turn's SQL count never depends on the history): the newest `context_window` rows,
         the first user row, and the current turn (the newest user row and everything after it, so a
-        small window cannot push this turn's question out from under its own tool rounds). Without
-        `this_turn_rows`, the first two only: the history before a user row not written yet, whose seq
-        `next_seq` already counts.
+        small window cannot push this turn's question out from under its own tool rounds). With
+        `before_seq`, the first two only, of the rows before that seq: the history before a turn's user
+        row, whose seq `next_seq` already counts.
         """
-        statement = _CONTEXT_ROWS if this_turn_rows else _HISTORY_ROWS
-        rows = await db.execute(statement, {"session_id": session_id, "limit": _window_rows(context_window)})
+        params = {"session_id": session_id, "limit": _window_rows(context_window)}
+        statement = _CONTEXT_ROWS
+        if before_seq is not None:
+            statement, params["user_seq"] = _HISTORY_ROWS, before_seq
+        rows = await db.execute(statement, params)
         by_seq = {row[0]: row for row in rows}  # the parts overlap; row[0] is the seq
         return [MessageView.from_row(by_seq[seq]) for seq in sorted(by_seq)]
 

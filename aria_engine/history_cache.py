@@ -9,9 +9,10 @@ and which reaches back as far as the read would, holds what the database would r
 exists, and nothing in it can have changed. Any other case (another replica wrote turns, a write
 failed, a session's window grew) is a miss, and the turn reads the database as before.
 
-What enters. A window read from the database at a turn's start, held back until that turn's user row
-is committed after it (the read ran in the turn's transaction, which may have written rows of its own,
-such as closing a crashed turn: they count only once committed); then each row a turn of this process
+What enters. A window read from the database at a turn's start, held back until that turn's start is
+final (on SQLite the read ran in the turn's transaction, which may have written rows of its own, such as
+closing a crashed turn: they count only once committed; on PostgreSQL a refused start is taken back,
+and its seq with it); then each row a turn of this process
 writes, once its transaction has committed, in seq order. A row that would leave a gap drops the window.
 
 How it is held. Each row is kept as an exact tuple of `MessageView`'s fields and turned back into a view
@@ -81,7 +82,7 @@ class HistoryCache:
         return self._bytes
 
     def history(self, session_id: uuid.UUID, user_seq: int, limit: int) -> list[MessageView] | None:
-        """The rows `ContextManager.read_rows(this_turn_rows=False)` gives a turn whose user row takes
+        """The rows `ContextManager.read_rows(before_seq=user_seq)` gives a turn whose user row takes
         `user_seq`, oldest first, in a new list; None when this process does not hold them all."""
         window = self._windows.get(session_id)
         low = user_seq + 1 - limit  # the read's range: seq >= next_seq - limit

@@ -29,7 +29,7 @@ def row(seq: int, role: str = "assistant", content: str = "") -> MessageView:
 
 
 def database_read(rows: list[MessageView], user_seq: int, limit: int) -> list[MessageView]:
-    """What `read_rows(this_turn_rows=False)` returns: seq in [user_seq + 1 - limit, user_seq - 1], plus the
+    """What `read_rows(before_seq=user_seq)` returns: seq in [user_seq + 1 - limit, user_seq - 1], plus the
     first user row, oldest first."""
     low = user_seq + 1 - limit
     picked = {r.seq: r for r in rows if low <= r.seq < user_seq}

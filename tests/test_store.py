@@ -19,6 +19,9 @@ from aria_engine.db import store
 from aria_engine.db.engine import create_engine, is_transient_database_error
 from aria_engine.db.models import ChatMessage, ChatSession
 from aria_engine.db.store import MessageCounters
+from tests.conftest import BACKENDS
+
+POSTGRES = BACKENDS[1]  # the PostgreSQL variant, skipped where none is configured
 
 
 async def _session(db_factory) -> uuid.UUID:  # type: ignore[no-untyped-def]
@@ -91,10 +94,10 @@ async def test_turn_lease_is_exclusive_until_released(db_factory) -> None:  # ty
     sid = await _session(db_factory)
     first, second = uuid.uuid4(), uuid.uuid4()
     async with db_factory.begin() as db:
-        assert await store.start_turn(db, sid, "o", first, 60) is not None
+        assert await store.start_turn(db, sid, "o", first, 60, content="hi") is not None
         assert (await db.get(ChatSession, sid)).active_turn_id == first
     async with db_factory.begin() as db:
-        assert await store.start_turn(db, sid, "o", second, 60) is None
+        assert await store.start_turn(db, sid, "o", second, 60, content="hi") is None
         assert await store.renew_turn_lease(db, sid, first, 60)
         assert not await store.renew_turn_lease(db, sid, second, 60)
     async with db_factory.begin() as db:
@@ -105,32 +108,69 @@ async def test_turn_lease_is_exclusive_until_released(db_factory) -> None:  # ty
     async with db_factory.begin() as db:
         row = await db.get(ChatSession, sid, populate_existing=True)
         assert (row.active_turn_id, row.turn_lease_until) == (None, None)
-        assert await store.start_turn(db, sid, "o", second, 60) is not None
+        assert await store.start_turn(db, sid, "o", second, 60, content="hi") is not None
 
 
-async def test_start_turn_reserves_the_user_rows_seq_and_returns_the_session(db_factory) -> None:  # type: ignore[no-untyped-def]
+async def test_start_turn_writes_the_user_row_and_returns_the_session_as_it_was(db_factory) -> None:  # type: ignore[no-untyped-def]
     sid = await _session(db_factory)
     turn = uuid.uuid4()
     async with db_factory.begin() as db:
         await store.append_message(db, sid, role="user", content="earlier")
-        started = await store.start_turn(db, sid, None, turn, 60)
+        started = await store.start_turn(db, sid, None, turn, 60, content="now", title="Now")
         assert started is not None
-        assert (started.id, started.model, started.next_seq) == (sid, "m", 3)
-        await store.insert_message(db, sid, seq=started.next_seq - 1, role="user", content="now")
+        session = started.session
+        # The title it had: None tells the turn this is the first message that titles the session.
+        assert (session.id, session.model, session.next_seq, session.title) == (sid, "m", 3, None)
+        assert (started.user_row.seq, started.user_row.turn_id, started.user_row.role) == (2, turn, "user")
     async with db_factory() as db:
         rows = (await db.execute(select(ChatMessage).order_by(ChatMessage.seq))).scalars().all()
-        assert [(row.seq, row.content) for row in rows] == [(1, "earlier"), (2, "now")]
+        assert [(row.seq, row.content, row.turn_id) for row in rows] == [
+            (1, "earlier", None),
+            (2, "now", turn),
+        ]
+        stored = await db.get(ChatSession, sid)
+        assert (stored.title, stored.active_turn_id) == ("Now", turn)  # type: ignore[union-attr]
         assert await store.verify_totals(db, sid) == {}
+
+
+# PostgreSQL only: on SQLite a refused start is rolled back with its transaction.
+@pytest.mark.parametrize("database_url", [POSTGRES], indirect=True)
+async def test_undoing_a_start_leaves_the_session_as_before_it(db_factory) -> None:  # type: ignore[no-untyped-def]
+    sid = await _session(db_factory)
+    async with db_factory.begin() as db:
+        await store.append_message(db, sid, role="user", content="earlier")
+    refused, taken_over = uuid.uuid4(), uuid.uuid4()
+    async with db_factory.begin() as db:
+        started = await store.start_turn(db, sid, None, refused, 60, content="too long", title="Too long")
+        assert started is not None
+    async with db_factory.begin() as db:
+        await store.undo_turn_start(db, started, refused, "Too long")
+    async with db_factory() as db:
+        stored = await db.get(ChatSession, sid)
+        moved = (stored.next_seq, stored.message_count, stored.title, stored.active_turn_id)  # type: ignore[union-attr]
+        assert moved == (2, 1, None, None)
+        assert await store.verify_totals(db, sid) == {}
+    # The seq comes back: the next start takes it, and no gap is left.
+    async with db_factory.begin() as db:
+        again = await store.start_turn(db, sid, None, taken_over, 60, content="short", title="Short")
+        assert again is not None and again.user_row.seq == 2
+    # An undo whose lease was taken over changes nothing.
+    async with db_factory.begin() as db:
+        await store.undo_turn_start(db, again, refused, "Short")
+    async with db_factory() as db:
+        rows = (await db.execute(select(ChatMessage.content).order_by(ChatMessage.seq))).scalars().all()
+        assert rows == ["earlier", "short"]
+        assert (await db.get(ChatSession, sid)).active_turn_id == taken_over  # type: ignore[union-attr]
 
 
 async def test_start_turn_refuses_another_owner_and_an_ended_session(db_factory) -> None:  # type: ignore[no-untyped-def]
     sid = await _session(db_factory)
     async with db_factory.begin() as db:
-        assert await store.start_turn(db, sid, "someone-else", uuid.uuid4(), 60) is None
-        assert await store.start_turn(db, uuid.uuid4(), None, uuid.uuid4(), 60) is None
+        assert await store.start_turn(db, sid, "someone-else", uuid.uuid4(), 60, content="hi") is None
+        assert await store.start_turn(db, uuid.uuid4(), None, uuid.uuid4(), 60, content="hi") is None
         (await db.get(ChatSession, sid)).status = "ended"
     async with db_factory.begin() as db:
-        assert await store.start_turn(db, sid, "o", uuid.uuid4(), 60) is None
+        assert await store.start_turn(db, sid, "o", uuid.uuid4(), 60, content="hi") is None
         row = await db.get(ChatSession, sid)
         assert (row.active_turn_id, row.next_seq, row.message_count) == (None, 1, 0)  # nothing moved
 
@@ -139,7 +179,7 @@ async def test_a_stale_lease_is_cleared_only_once_it_has_expired(db_factory) -> 
     sid = await _session(db_factory)
     crashed = uuid.uuid4()
     async with db_factory.begin() as db:
-        assert await store.start_turn(db, sid, "o", crashed, 60) is not None
+        assert await store.start_turn(db, sid, "o", crashed, 60, content="hi") is not None
     async with db_factory.begin() as db:
         now = store.utcnow()
         assert not await store.clear_stale_lease(db, sid, crashed, expired_before=now)  # still held
@@ -147,7 +187,7 @@ async def test_a_stale_lease_is_cleared_only_once_it_has_expired(db_factory) -> 
         later = now + timedelta(seconds=120)
         assert await store.clear_stale_lease(db, sid, crashed, expired_before=later)
     async with db_factory.begin() as db:
-        assert await store.start_turn(db, sid, "o", uuid.uuid4(), 60) is not None
+        assert await store.start_turn(db, sid, "o", uuid.uuid4(), 60, content="hi") is not None
 
 
 async def test_verify_totals_reports_a_drifted_counter(db_factory) -> None:  # type: ignore[no-untyped-def]

@@ -218,11 +218,7 @@ async def test_startup_recovery_marks_unfinished_turns_interrupted(make_engine, 
     crashed_turn = uuid.uuid4()
     # What a crash leaves behind: a held lease and a user row with no answer.
     async with engine.db_factory.begin() as db:
-        started = await store.start_turn(db, sid, "o", crashed_turn, 600)
-        assert started is not None
-        await store.insert_message(
-            db, sid, seq=started.next_seq - 1, role="user", content="lost", turn_id=crashed_turn
-        )
+        assert await store.start_turn(db, sid, "o", crashed_turn, 600, content="lost") is not None
     with pytest.raises(SessionBusy):
         await engine.send_message(session["id"], "blocked", owner="o")
 
@@ -243,11 +239,7 @@ async def test_an_expired_lease_is_taken_over_and_its_turn_marked_interrupted(ma
     sid = uuid.UUID(session["id"])
     crashed_turn = uuid.uuid4()
     async with engine.db_factory.begin() as db:
-        started = await store.start_turn(db, sid, "o", crashed_turn, 600)
-        assert started is not None
-        await store.insert_message(
-            db, sid, seq=started.next_seq - 1, role="user", content="lost", turn_id=crashed_turn
-        )
+        assert await store.start_turn(db, sid, "o", crashed_turn, 600, content="lost") is not None
         await db.execute(
             update(ChatSession).where(ChatSession.id == sid).values(turn_lease_until=store.utcnow())
         )

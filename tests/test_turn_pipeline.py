@@ -199,8 +199,31 @@ async def test_checks_fail_before_anything_starts(make_engine, fake_llm) -> None
         await engine.send_message(session["id"], "hi", owner="alice")
     assert fake_llm.requests == []
     assert await _rows(engine, session["id"]) == []
+    refused = await engine.get_session(session["id"], owner="alice")
+    assert (refused["title"], refused["message_count"]) == (None, 0)  # no title from a refused message
     await engine.reopen_session(session["id"], owner="alice")
     assert (await engine.send_message(session["id"], "hi", owner="alice")).finish_reason == "stop"
+    assert [row.seq for row in await _rows(engine, session["id"])] == [1, 2]
+    assert (await engine.get_session(session["id"], owner="alice"))["title"] == "hi"
+
+
+async def test_a_refused_message_leaves_the_session_as_it_was(make_engine, fake_llm) -> None:  # type: ignore[no-untyped-def]
+    # The start writes the user row before the checks that need the session: on PostgreSQL it commits
+    # at once and a refusal takes it back, on SQLite the refusal rolls it back.
+    engine = await make_engine()
+    session = await engine.create_session(owner="o")
+    await engine.send_message(session["id"], "hello", owner="o")
+    before = await engine.get_session(session["id"], owner="o")
+    with pytest.raises(PayloadTooLarge):
+        await engine.send_message(session["id"], "word " * 20_000, owner="o")
+    after = await engine.get_session(session["id"], owner="o")
+    assert {key: after[key] for key in before if key != "updated_at"} == {
+        key: value for key, value in before.items() if key != "updated_at"
+    }
+    assert (await engine.send_message(session["id"], "again", owner="o")).finish_reason == "stop"
+    rows = await _rows(engine, session["id"])
+    assert [(row.seq, row.content) for row in rows if row.role == "user"] == [(1, "hello"), (3, "again")]
+    assert [row.seq for row in rows] == [1, 2, 3, 4]
 
 
 async def test_unknown_model_is_rejected_with_the_valid_ids(make_engine) -> None:  # type: ignore[no-untyped-def]

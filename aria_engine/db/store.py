@@ -11,8 +11,9 @@ Invariants:
   processes.
 - Counters move only by `x = x + :delta`; `verify_totals` checks that they equal the sums over messages.
 - The turn lock is a lease on the session row (`active_turn_id`, `turn_lease_until`): `start_turn` takes
-  it (and reserves the user row's seq) in one conditional UPDATE, the turn's final `append_message`
-  releases it in its own UPDATE, and no connection is held for the length of a turn.
+  it with a conditional UPDATE that also reserves the user row's seq, and writes that row (on PostgreSQL
+  in the same statement), the turn's final `append_message` releases it in its own UPDATE, and no
+  connection is held for the length of a turn.
 """
 
 from __future__ import annotations
@@ -28,13 +29,17 @@ from sqlalchemy import (
     ColumnElement,
     DateTime,
     Insert,
+    Select,
+    String,
     Update,
     and_,
     bindparam,
     case,
+    delete,
     func,
     insert,
     select,
+    true,
     update,
 )
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, AsyncSession
@@ -45,6 +50,7 @@ from aria_engine.db.types import Money, format_money, to_money
 __all__ = [
     "Executor",
     "MessageCounters",
+    "StartedTurn",
     "TurnSession",
     "append_message",
     "as_utc",
@@ -55,6 +61,7 @@ __all__ = [
     "session_to_dict",
     "single_statement_appends",
     "start_turn",
+    "undo_turn_start",
     "verify_totals",
 ]
 
@@ -120,12 +127,6 @@ _SET_TITLE_IF_UNSET = (
     .where(_SESSIONS.c.id == bindparam("session_id"), _SESSIONS.c.title.is_(None))
     .values(title=bindparam("title"))
 )
-# PostgreSQL runs a data-modifying WITH even when the statement does not read it.
-_INSERT_TITLED = (
-    insert(_MESSAGES)
-    .values({column.name: bindparam(f"m_{column.name}", type_=column.type) for column in _MESSAGES.columns})
-    .add_cte(_SET_TITLE_IF_UNSET.cte("titled"))
-)
 
 
 def single_statement_appends(db: Executor | AsyncEngine) -> bool:
@@ -189,25 +190,11 @@ async def insert_message(
     content: str = "",
     turn_id: uuid.UUID | None = None,
     counters: MessageCounters = MessageCounters(),
-    title_if_unset: str | None = None,
     **fields: Any,
 ) -> ChatMessage:
-    """Write one message row at a `seq` the caller already took from the session (with its counters).
-
-    `title_if_unset`: also give the session this title if it has none (a session's first message). On
-    PostgreSQL that rides in the same statement, so a first turn costs no extra round trip.
-    """
+    """Write one message row at a `seq` the caller already took from the session (with its counters)."""
     row = _new_message(session_id, seq, role, content, turn_id, counters, fields)
-    values = _column_values(row)
-    if title_if_unset is None:
-        await db.execute(_INSERT_MESSAGE, [values])
-        return row
-    params = {"session_id": session_id, "title": title_if_unset}
-    if single_statement_appends(db):
-        await db.execute(_INSERT_TITLED, params | {f"m_{name}": value for name, value in values.items()})
-    else:
-        await db.execute(_INSERT_MESSAGE, [values])
-        await db.execute(_SET_TITLE_IF_UNSET, params)
+    await db.execute(_INSERT_MESSAGE, [_column_values(row)])
     return row
 
 
@@ -298,7 +285,8 @@ class TurnSession:
     next_seq: int
 
 
-_TURN_SESSION_COLUMNS = [_SESSIONS.c[name] for name in TurnSession.__dataclass_fields__]
+_TURN_SESSION_FIELDS = tuple(TurnSession.__dataclass_fields__)
+_TURN_SESSION_COLUMNS = [_SESSIONS.c[name] for name in _TURN_SESSION_FIELDS]
 
 
 def _start_turn_statement(condition: ColumnElement[bool]) -> Update:
@@ -310,18 +298,81 @@ def _start_turn_statement(condition: ColumnElement[bool]) -> Update:
     )
 
 
+def _start_with_user_row(condition: ColumnElement[bool]) -> Select[Any]:
+    """PostgreSQL: the lease UPDATE, the title if the session has none, and the user row's INSERT as one
+    statement. It returns the session with the title it had before (a snapshot CTE: every part of the
+    statement sees the rows as they were when it began)."""
+    before = select(_SESSIONS.c.title).where(_SESSIONS.c.id == bindparam("session_id")).cte("before")
+    started = (
+        _start_turn_statement(condition)
+        .values(title=func.coalesce(_SESSIONS.c.title, bindparam("title", type_=String)))
+        .cte("started")
+    )
+    values = [
+        started.c.next_seq - 1 if column.name == "seq" else bindparam(f"m_{column.name}", type_=column.type)
+        for column in _MESSAGES.columns
+    ]
+    inserted = (
+        insert(_MESSAGES)
+        .from_select([column.name for column in _MESSAGES.columns], select(*values).select_from(started))
+        .cte("inserted")
+    )
+    columns = [before.c.title if name == "title" else started.c[name] for name in _TURN_SESSION_FIELDS]
+    return select(*columns).select_from(started.join(before, true())).add_cte(inserted)
+
+
 _START_TURN = _start_turn_statement(_FREE)
 _START_OWN_TURN = _start_turn_statement(_FREE_AND_OWNED)
+_START_WITH_USER_ROW = _start_with_user_row(_FREE)
+_START_OWN_WITH_USER_ROW = _start_with_user_row(_FREE_AND_OWNED)
+# Releasing first locks the session row, so the DELETE runs only while the lease is still this turn's.
+_RELEASED_FOR_UNDO = (
+    update(_SESSIONS)
+    .where(_SESSIONS.c.id == bindparam("session_id"), _SESSIONS.c.active_turn_id == bindparam("turn_id"))
+    .values(
+        next_seq=_SESSIONS.c.next_seq - 1,
+        message_count=_SESSIONS.c.message_count - 1,
+        active_turn_id=None,
+        turn_lease_until=None,
+        title=case(
+            (_SESSIONS.c.title == bindparam("set_title", type_=String), None), else_=_SESSIONS.c.title
+        ),
+    )
+    .returning(_SESSIONS.c.id)
+    .cte("released")
+)
+_UNDO_START = (
+    delete(_MESSAGES)
+    .where(_MESSAGES.c.id == bindparam("row_id"), _MESSAGES.c.session_id.in_(select(_RELEASED_FOR_UNDO.c.id)))
+    .add_cte(_RELEASED_FOR_UNDO)
+)
+
+
+@dataclass(slots=True, frozen=True)
+class StartedTurn:
+    """A started turn: its session as `start_turn` found it and the user row it wrote."""
+
+    session: TurnSession
+    user_row: ChatMessage
 
 
 async def start_turn(
-    db: Executor, session_id: uuid.UUID, owner: str | None, turn_id: uuid.UUID, lease_seconds: float
-) -> TurnSession | None:
-    """Take the turn lease of an active, free session and reserve the next seq for the user's row.
+    db: Executor,
+    session_id: uuid.UUID,
+    owner: str | None,
+    turn_id: uuid.UUID,
+    lease_seconds: float,
+    *,
+    content: str,
+    idempotency_key: str | None = None,
+    title: str | None = None,
+) -> StartedTurn | None:
+    """Take the turn lease of an active, free session and write the user's row at the next seq.
 
-    Returns the session as it is after the update, or None when the session is missing, not the
-    owner's, ended or busy: the caller reads the session to tell which (the slow path, never taken by a
-    normal turn).
+    `title`: the session's title if it has none yet (its first message). On PostgreSQL all of it is one
+    statement, atomic without a transaction; on SQLite it is two or three, in the caller's transaction.
+    Returns None when the session is missing, not the owner's, ended or busy: the caller reads the
+    session to tell which (the slow path, never taken by a normal turn).
     """
     now = utcnow()
     params: dict[str, Any] = {
@@ -330,11 +381,45 @@ async def start_turn(
         "until": _after(now, lease_seconds),
         "now": now,
     }
-    statement = _START_TURN
     if owner is not None:
-        statement, params["b_owner"] = _START_OWN_TURN, owner
-    row = (await db.execute(statement, params)).first()
-    return None if row is None else TurnSession(*row)
+        params["b_owner"] = owner
+    row = _new_message(
+        session_id, 0, "user", content, turn_id, MessageCounters(), {"idempotency_key": idempotency_key}
+    )
+    if single_statement_appends(db):
+        statement = _START_WITH_USER_ROW if owner is None else _START_OWN_WITH_USER_ROW
+        params["title"] = title
+        params.update((f"m_{name}", value) for name, value in _column_values(row).items())
+        started = (await db.execute(statement, params)).first()
+        if started is None:
+            return None
+        session = TurnSession(*started)
+        row.seq = session.next_seq - 1
+        return StartedTurn(session, row)
+    started = (await db.execute(_START_TURN if owner is None else _START_OWN_TURN, params)).first()
+    if started is None:
+        return None
+    session = TurnSession(*started)
+    row.seq = session.next_seq - 1
+    await db.execute(_INSERT_MESSAGE, [_column_values(row)])
+    if title is not None and session.title is None:
+        await db.execute(_SET_TITLE_IF_UNSET, {"session_id": session_id, "title": title})
+    return StartedTurn(session, row)
+
+
+async def undo_turn_start(db: Executor, started: StartedTurn, turn_id: uuid.UUID, title: str | None) -> None:
+    """PostgreSQL, where `start_turn` commits at once: take a refused turn's start back in one statement
+    (delete its user row, give back the seq, the count and the lease, and the title it gave). The lease
+    is still held, so nothing was written after the row. On SQLite the caller's rollback does this."""
+    await db.execute(
+        _UNDO_START,
+        {
+            "session_id": started.session.id,
+            "turn_id": turn_id,
+            "row_id": started.user_row.id,
+            "set_title": title if started.session.title is None else None,
+        },
+    )
 
 
 async def renew_turn_lease(
