@@ -29,10 +29,10 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 
 import orjson
 from sqlalchemy import select
@@ -153,6 +153,10 @@ class _Plan:
     schemas: list[dict[str, Any]]
     system_prompt: str
     budget: int
+
+
+# A turn's start (`store.start_turn` with the turn's arguments), given the connection to run on.
+_Start: TypeAlias = Callable[[store.Executor], Awaitable[store.StartedTurn | None]]
 
 
 class _OpenedCall:
@@ -409,8 +413,9 @@ class ChatEngine(SessionManager):
         """
         turn_id = uuid.UUID(control.turn_id)
         title = clean_title(content)
-        async with self._one_statement() as db:
-            started = await store.start_turn(
+
+        async def start(db: store.Executor) -> store.StartedTurn | None:
+            return await store.start_turn(
                 db,
                 sid,
                 owner,
@@ -420,8 +425,9 @@ class ChatEngine(SessionManager):
                 idempotency_key=idempotency_key,
                 title=title,
             )
-            if started is None:
-                started = await self._start_refused(db, sid, owner, turn_id, content, idempotency_key, title)
+
+        async with self._one_statement() as db:
+            started = await start(db) or await self._start_refused(db, sid, owner, start)
             session, user_row = started.session, started.user_row
             try:
                 plan = self._plan(session, content, enable_tools)
@@ -447,14 +453,7 @@ class ChatEngine(SessionManager):
             await store.undo_turn_start(db, started, turn_id, title)
 
     async def _start_refused(
-        self,
-        db: AsyncConnection,
-        sid: uuid.UUID,
-        owner: str | None,
-        turn_id: uuid.UUID,
-        content: str,
-        idempotency_key: str | None,
-        title: str,
+        self, db: AsyncConnection, sid: uuid.UUID, owner: str | None, start: _Start
     ) -> store.StartedTurn:
         """Why `start_turn` refused: raise the matching error, or take over a crashed turn's lease.
 
@@ -462,19 +461,12 @@ class ChatEngine(SessionManager):
         holds the write lock already), in a transaction of their own where statements commit alone.
         """
         if self._autocommit is None:
-            return await self._take_over(db, sid, owner, turn_id, content, idempotency_key, title)
+            return await self._take_over(db, sid, owner, start)
         async with transaction(self._db_engine) as tx:
-            return await self._take_over(tx, sid, owner, turn_id, content, idempotency_key, title)
+            return await self._take_over(tx, sid, owner, start)
 
     async def _take_over(
-        self,
-        db: AsyncConnection,
-        sid: uuid.UUID,
-        owner: str | None,
-        turn_id: uuid.UUID,
-        content: str,
-        idempotency_key: str | None,
-        title: str,
+        self, db: AsyncConnection, sid: uuid.UUID, owner: str | None, start: _Start
     ) -> store.StartedTurn:
         # The slow path reads ORM objects: a session on the turn's connection joins its transaction
         # (closing the session does not end it).
@@ -489,16 +481,7 @@ class ChatEngine(SessionManager):
             expired = stale is not None and lease_until is not None and lease_until < now
             if expired and stale and await store.clear_stale_lease(orm, sid, stale, expired_before=now):
                 await self._mark_interrupted(orm, sid, stale)
-                started = await store.start_turn(
-                    orm,
-                    sid,
-                    owner,
-                    turn_id,
-                    self.lease_seconds,
-                    content=content,
-                    idempotency_key=idempotency_key,
-                    title=title,
-                )
+                started = await start(orm)
                 if started is not None:
                     return started
         raise SessionBusy()
