@@ -402,14 +402,13 @@ class ChatEngine(SessionManager):
         enable_tools: bool,
         enable_thinking: bool,
     ) -> tuple[TurnSession, _Plan, ChatMessage, _OpenedCall]:
-        """Take the lease and write the user row, then the checks that can refuse the turn.
+        """The lease and the user row, then the checks that can refuse the turn, in one transaction.
 
-        On PostgreSQL the start is one statement, committed by itself (no BEGIN or COMMIT round trip on
-        the way to the first token), and the history, when the cache lacks it, one more; a refused turn
-        takes its start back with `store.undo_turn_start`. A start cancelled in flight (a shutdown) may
-        have landed: its lease runs out like a crashed turn's, and the turn is then closed as
-        interrupted. On SQLite they run in one transaction, committed while the LLM request is on its
-        way, and a refusal rolls it back. Crashed-turn takeovers go through `_start_refused`.
+        On PostgreSQL the writes are one statement, so the turn's first round trips are BEGIN and that
+        statement; the history follows when the cache lacks it. The first LLM request is then opened,
+        and the commit (on PostgreSQL the WAL flush, the slowest step of the start) overlaps it. A
+        refusal rolls the transaction back; if the commit fails, the request is closed before any event
+        went out. Crashed-turn takeovers go through `_start_refused`.
         """
         turn_id = uuid.UUID(control.turn_id)
         title = clean_title(content)
@@ -426,48 +425,27 @@ class ChatEngine(SessionManager):
                 title=title,
             )
 
-        async with self._one_statement() as db:
+        async with transaction(self._db_engine) as db:
             started = await start(db) or await self._start_refused(db, sid, owner, start)
             session, user_row = started.session, started.user_row
-            try:
-                plan = self._plan(session, content, enable_tools)
-                # The lease is held, so no other writer: a history that cannot fit fails here, before
-                # anything of the turn is emitted.
-                user = MessageView(user_row.seq, "user", content)
-                first_messages = await self._context(db, session, plan, user)
-            except BaseException:
-                if self._autocommit is not None:
-                    await shielded(self._undo_start(started, turn_id, title))
-                raise
+            plan = self._plan(session, content, enable_tools)
+            # The lease is held, so no other writer: a history that cannot fit fails here, before
+            # anything of the turn is emitted.
+            user = MessageView(user_row.seq, "user", content)
+            first_messages = await self._context(db, session, plan, user)
             first_call = self._open_call(session, plan, 0, first_messages, enable_thinking)
             try:
-                await db.commit()  # SQLite: the start lands now, while the request is on its way
+                await db.commit()
             except BaseException:
                 await shielded(first_call.discard())
                 raise
         self._remember(session.id, user_row)
         return session, plan, user_row, first_call
 
-    async def _undo_start(self, started: store.StartedTurn, turn_id: uuid.UUID, title: str) -> None:
-        async with self._one_statement() as db:
-            await store.undo_turn_start(db, started, turn_id, title)
-
     async def _start_refused(
         self, db: AsyncConnection, sid: uuid.UUID, owner: str | None, start: _Start
     ) -> store.StartedTurn:
-        """Why `start_turn` refused: raise the matching error, or take over a crashed turn's lease.
-
-        The takeover's writes land together: in the turn's transaction on SQLite (its refused UPDATE
-        holds the write lock already), in a transaction of their own where statements commit alone.
-        """
-        if self._autocommit is None:
-            return await self._take_over(db, sid, owner, start)
-        async with transaction(self._db_engine) as tx:
-            return await self._take_over(tx, sid, owner, start)
-
-    async def _take_over(
-        self, db: AsyncConnection, sid: uuid.UUID, owner: str | None, start: _Start
-    ) -> store.StartedTurn:
+        """Why `start_turn` refused: raise the matching error, or take over a crashed turn's lease."""
         # The slow path reads ORM objects: a session on the turn's connection joins its transaction
         # (closing the session does not end it).
         async with AsyncSession(bind=db) as orm:

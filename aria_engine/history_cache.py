@@ -9,10 +9,9 @@ and which reaches back as far as the read would, holds what the database would r
 exists, and nothing in it can have changed. Any other case (another replica wrote turns, a write
 failed, a session's window grew) is a miss, and the turn reads the database as before.
 
-What enters. A window read from the database at a turn's start, held back until that turn's start is
-final (on SQLite the read ran in the turn's transaction, which may have written rows of its own, such as
-closing a crashed turn: they count only once committed; on PostgreSQL a refused start is taken back,
-and its seq with it); then each row a turn of this process
+What enters. A window read from the database at a turn's start, held back until that turn's user row
+is committed after it (the read ran in the turn's transaction, which may have written rows of its own,
+such as closing a crashed turn: they count only once committed); then each row a turn of this process
 writes, once its transaction has committed, in seq order. A row that would leave a gap drops the window.
 
 How it is held. Each row is kept as an exact tuple of `MessageView`'s fields and turned back into a view

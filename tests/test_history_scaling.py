@@ -81,7 +81,7 @@ async def test_a_sessions_first_turn_reads_no_history_and_its_second_reads_it_fr
     assert sent[-1]["content"] == sent[-3]["content"] == "and now?"
 
 
-async def test_a_turn_costs_two_round_trips_on_postgresql(
+async def test_a_turn_costs_four_round_trips_on_postgresql(
     make_engine, database_url: str
 ) -> None:  # type: ignore[no-untyped-def]
     postgres = database_url.startswith("postgresql")
@@ -114,11 +114,11 @@ async def test_a_turn_costs_two_round_trips_on_postgresql(
     assert (await engine.get_session(session["id"], owner="o"))["title"] == "Hello there"
     if postgres:
         # The lease, the title (a first turn) and the user row in one statement (`WITH started AS
-        # (UPDATE ...), inserted AS (INSERT ...) SELECT ...`), the final row with its counters and the
-        # lease's release in another (`WITH advanced AS (UPDATE ...) INSERT ...`); each commits by
-        # itself, so there is no BEGIN or COMMIT on the wire.
-        assert first_sent == ["WITH", "WITH"], first_sent
-        assert second_sent == ["WITH", "WITH"], second_sent
+        # (UPDATE ...), inserted AS (INSERT ...) SELECT ...`) in the start's transaction; the final row
+        # with its counters and the lease's release in one statement of its own (`WITH advanced AS
+        # (UPDATE ...) INSERT ...`), with no BEGIN or COMMIT.
+        assert first_sent == ["BEGIN", "WITH", "COMMIT", "WITH"], first_sent
+        assert second_sent == ["BEGIN", "WITH", "COMMIT", "WITH"], second_sent
     else:
         # No data-modifying WITH on SQLite: the title and the final row's counters are UPDATEs of their own.
         assert first_sent == ["UPDATE", "INSERT", "UPDATE", "UPDATE", "INSERT"], first_sent

@@ -19,9 +19,6 @@ from aria_engine.db import store
 from aria_engine.db.engine import create_engine, is_transient_database_error
 from aria_engine.db.models import ChatMessage, ChatSession
 from aria_engine.db.store import MessageCounters
-from tests.conftest import BACKENDS
-
-POSTGRES = BACKENDS[1]  # the PostgreSQL variant, skipped where none is configured
 
 
 async def _session(db_factory) -> uuid.UUID:  # type: ignore[no-untyped-def]
@@ -131,36 +128,6 @@ async def test_start_turn_writes_the_user_row_and_returns_the_session_as_it_was(
         stored = await db.get(ChatSession, sid)
         assert (stored.title, stored.active_turn_id) == ("Now", turn)  # type: ignore[union-attr]
         assert await store.verify_totals(db, sid) == {}
-
-
-# PostgreSQL only: on SQLite a refused start is rolled back with its transaction.
-@pytest.mark.parametrize("database_url", [POSTGRES], indirect=True)
-async def test_undoing_a_start_leaves_the_session_as_before_it(db_factory) -> None:  # type: ignore[no-untyped-def]
-    sid = await _session(db_factory)
-    async with db_factory.begin() as db:
-        await store.append_message(db, sid, role="user", content="earlier")
-    refused, taken_over = uuid.uuid4(), uuid.uuid4()
-    async with db_factory.begin() as db:
-        started = await store.start_turn(db, sid, None, refused, 60, content="too long", title="Too long")
-        assert started is not None
-    async with db_factory.begin() as db:
-        await store.undo_turn_start(db, started, refused, "Too long")
-    async with db_factory() as db:
-        stored = await db.get(ChatSession, sid)
-        moved = (stored.next_seq, stored.message_count, stored.title, stored.active_turn_id)  # type: ignore[union-attr]
-        assert moved == (2, 1, None, None)
-        assert await store.verify_totals(db, sid) == {}
-    # The seq comes back: the next start takes it, and no gap is left.
-    async with db_factory.begin() as db:
-        again = await store.start_turn(db, sid, None, taken_over, 60, content="short", title="Short")
-        assert again is not None and again.user_row.seq == 2
-    # An undo whose lease was taken over changes nothing.
-    async with db_factory.begin() as db:
-        await store.undo_turn_start(db, again, refused, "Short")
-    async with db_factory() as db:
-        rows = (await db.execute(select(ChatMessage.content).order_by(ChatMessage.seq))).scalars().all()
-        assert rows == ["earlier", "short"]
-        assert (await db.get(ChatSession, sid)).active_turn_id == taken_over  # type: ignore[union-attr]
 
 
 async def test_start_turn_refuses_another_owner_and_an_ended_session(db_factory) -> None:  # type: ignore[no-untyped-def]

@@ -208,8 +208,7 @@ async def test_checks_fail_before_anything_starts(make_engine, fake_llm) -> None
 
 
 async def test_a_refused_message_leaves_the_session_as_it_was(make_engine, fake_llm) -> None:  # type: ignore[no-untyped-def]
-    # The start writes the user row before the checks that need the session: on PostgreSQL it commits
-    # at once and a refusal takes it back, on SQLite the refusal rolls it back.
+    # The start writes the user row before the checks that need the session; a refusal rolls it back.
     engine = await make_engine()
     session = await engine.create_session(owner="o")
     await engine.send_message(session["id"], "hello", owner="o")

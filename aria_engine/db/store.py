@@ -35,7 +35,6 @@ from sqlalchemy import (
     and_,
     bindparam,
     case,
-    delete,
     func,
     insert,
     select,
@@ -61,7 +60,6 @@ __all__ = [
     "session_to_dict",
     "single_statement_appends",
     "start_turn",
-    "undo_turn_start",
     "verify_totals",
 ]
 
@@ -325,28 +323,6 @@ _START_TURN = _start_turn_statement(_FREE)
 _START_OWN_TURN = _start_turn_statement(_FREE_AND_OWNED)
 _START_WITH_USER_ROW = _start_with_user_row(_FREE)
 _START_OWN_WITH_USER_ROW = _start_with_user_row(_FREE_AND_OWNED)
-# Releasing first locks the session row, so the DELETE runs only while the lease is still this turn's.
-_RELEASED_FOR_UNDO = (
-    update(_SESSIONS)
-    .where(_SESSIONS.c.id == bindparam("session_id"), _SESSIONS.c.active_turn_id == bindparam("turn_id"))
-    .values(
-        next_seq=_SESSIONS.c.next_seq - 1,
-        message_count=_SESSIONS.c.message_count - 1,
-        active_turn_id=None,
-        turn_lease_until=None,
-        title=case(
-            (_SESSIONS.c.title == bindparam("set_title", type_=String), None), else_=_SESSIONS.c.title
-        ),
-    )
-    .returning(_SESSIONS.c.id)
-    .cte("released")
-)
-_UNDO_START = (
-    delete(_MESSAGES)
-    .where(_MESSAGES.c.id == bindparam("row_id"), _MESSAGES.c.session_id.in_(select(_RELEASED_FOR_UNDO.c.id)))
-    .add_cte(_RELEASED_FOR_UNDO)
-)
-
 
 @dataclass(slots=True, frozen=True)
 class StartedTurn:
@@ -370,7 +346,8 @@ async def start_turn(
     """Take the turn lease of an active, free session and write the user's row at the next seq.
 
     `title`: the session's title if it has none yet (its first message). On PostgreSQL all of it is one
-    statement, atomic without a transaction; on SQLite it is two or three, in the caller's transaction.
+    statement; on SQLite it is two or three. Either way in the caller's transaction: the turn's checks
+    come after it, and a refusal rolls it back.
     Returns None when the session is missing, not the owner's, ended or busy: the caller reads the
     session to tell which (the slow path, never taken by a normal turn).
     """
@@ -405,21 +382,6 @@ async def start_turn(
     if title is not None and session.title is None:
         await db.execute(_SET_TITLE_IF_UNSET, {"session_id": session_id, "title": title})
     return StartedTurn(session, row)
-
-
-async def undo_turn_start(db: Executor, started: StartedTurn, turn_id: uuid.UUID, title: str | None) -> None:
-    """PostgreSQL, where `start_turn` commits at once: take a refused turn's start back in one statement
-    (delete its user row, give back the seq, the count and the lease, and the title it gave). The lease
-    is still held, so nothing was written after the row. On SQLite the caller's rollback does this."""
-    await db.execute(
-        _UNDO_START,
-        {
-            "session_id": started.session.id,
-            "turn_id": turn_id,
-            "row_id": started.user_row.id,
-            "set_title": title if started.session.title is None else None,
-        },
-    )
 
 
 async def renew_turn_lease(
