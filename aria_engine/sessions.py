@@ -225,7 +225,21 @@ async def load_session(db: AsyncSession, session_id: str | uuid.UUID, owner: str
 
 
 def clean_title(text_: str) -> str:
-    return re.sub(r"\s+", " ", text_).strip()[:TITLE_CHARS]
+    """`text_` with its whitespace runs collapsed to one space, trimmed, cut to TITLE_CHARS.
+
+    Every turn start computes it (the first message's becomes the title), so it reads only the words
+    the title can hold, not a 100,000-character message."""
+    words: list[str] = []
+    length = -1  # the separators come between words
+    for word in _WORD.finditer(text_):
+        words.append(word.group())
+        length += len(words[-1]) + 1
+        if length >= TITLE_CHARS:
+            break
+    return " ".join(words)[:TITLE_CHARS]
+
+
+_WORD = re.compile(r"\S+")
 
 
 def _escape_like(value: str) -> str:

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from aria_engine.exceptions import SessionBusy, SessionNotFound, ValidationError
+from aria_engine.sessions import TITLE_CHARS, clean_title
 from aria_engine.testing.fake_llm import Reply, Stall
 from tests.plugins.engine import wait_for
 
@@ -127,3 +132,10 @@ async def test_a_first_message_titles_an_untitled_session_and_leaves_a_given_tit
 
     assert (await engine.get_session(untitled["id"], owner="o"))["title"] == "what should I pack for Oslo?"
     assert (await engine.get_session(titled["id"], owner="o"))["title"] == "Trip plans"
+
+
+@given(st.lists(st.sampled_from(["a", "é", "word", " ", "\t", "\n", "\u2003", "\x1f", "  "])).map("".join))
+def test_a_title_is_the_text_with_whitespace_collapsed_trimmed_and_cut(text: str) -> None:
+    # Read word by word up to the title's length; the same as collapsing the whole text first.
+    assert clean_title(text) == re.sub(r"\s+", " ", text).strip()[:TITLE_CHARS]
+    assert clean_title("x" * 100 + " tail") == "x" * TITLE_CHARS

@@ -324,6 +324,7 @@ _START_OWN_TURN = _start_turn_statement(_FREE_AND_OWNED)
 _START_WITH_USER_ROW = _start_with_user_row(_FREE)
 _START_OWN_WITH_USER_ROW = _start_with_user_row(_FREE_AND_OWNED)
 
+
 @dataclass(slots=True, frozen=True)
 class StartedTurn:
     """A started turn: its session as `start_turn` found it and the user row it wrote."""
