@@ -6,8 +6,8 @@ adapter makes four of them per statement that returns rows (create the cursor, e
 close the cursor) and three per write; a turn start (take the lease, insert the user row, commit) made
 nine, counting the pool's rollback when the connection went back. A hop costs a tenth of a millisecond
 or more on a busy two-core machine, and the turn start is on the way to the first token: the engine's
-TTFT overhead on SQLite was 1.7 ms above PostgreSQL's before, and is level with it now
-(bench/ANALYSIS.md).
+TTFT overhead on SQLite was 1.7 ms above PostgreSQL's before, and is within about half a millisecond
+of it now, on either side from run to run (bench/ANALYSIS.md).
 
 Here a statement is one hop: the thread creates the cursor, executes and fetches the rows together, and
 the close is queued behind it without being awaited (the thread runs it before anything else on that

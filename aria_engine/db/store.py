@@ -364,24 +364,22 @@ async def start_turn(
     row = _new_message(
         session_id, 0, "user", content, turn_id, MessageCounters(), {"idempotency_key": idempotency_key}
     )
-    if single_statement_appends(db):
+    one_statement = single_statement_appends(db)
+    if one_statement:
         statement = _START_WITH_USER_ROW if owner is None else _START_OWN_WITH_USER_ROW
         params["title"] = title
         params.update((f"m_{name}", value) for name, value in _column_values(row).items())
-        started = (await db.execute(statement, params)).first()
-        if started is None:
-            return None
-        session = TurnSession(*started)
-        row.seq = session.next_seq - 1
-        return StartedTurn(session, row)
-    started = (await db.execute(_START_TURN if owner is None else _START_OWN_TURN, params)).first()
+    else:
+        statement = _START_TURN if owner is None else _START_OWN_TURN
+    started = (await db.execute(statement, params)).first()
     if started is None:
         return None
     session = TurnSession(*started)
     row.seq = session.next_seq - 1
-    await db.execute(_INSERT_MESSAGE, [_column_values(row)])
-    if title is not None and session.title is None:
-        await db.execute(_SET_TITLE_IF_UNSET, {"session_id": session_id, "title": title})
+    if not one_statement:  # the row and the title, written by the statement above on PostgreSQL
+        await db.execute(_INSERT_MESSAGE, [_column_values(row)])
+        if title is not None and session.title is None:
+            await db.execute(_SET_TITLE_IF_UNSET, {"session_id": session_id, "title": title})
     return StartedTurn(session, row)
 
 
