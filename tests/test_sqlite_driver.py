@@ -3,6 +3,8 @@ a connection back, with SQLAlchemy's results, errors and transactions as they we
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
@@ -13,7 +15,7 @@ from sqlalchemy import Column, Integer, MetaData, String, Table, insert, select,
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from aria_engine.db.engine import create_engine, transaction
+from aria_engine.db.engine import create_engine, is_transient_database_error, transaction
 
 _ITEMS = Table("items", MetaData(), Column("id", Integer, primary_key=True), Column("name", String))
 
@@ -112,3 +114,110 @@ async def test_a_connection_handed_back_inside_a_transaction_is_rolled_back(
         await second.commit()
         names = (await first.execute(select(_ITEMS.c.name).order_by(_ITEMS.c.id))).scalars().all()
     assert names == ["first", "second"]
+
+
+# -- writers take turns in the event loop (WriteLock) ------------------------------------------------------
+
+
+async def _write(engine: AsyncEngine, name: str) -> None:
+    async with transaction(engine) as db:
+        await db.execute(insert(_ITEMS).values(name=name))
+
+
+async def test_waiting_writers_queue_in_the_loop_and_go_in_arrival_order(
+    sqlite_engine: AsyncEngine, hops: list[str]
+) -> None:
+    async with contextlib.AsyncExitStack() as stack:  # four connections open in the pool before counting
+        for _ in range(4):
+            await stack.enter_async_context(sqlite_engine.connect())
+    async with sqlite_engine.connect() as holder:
+        await holder.execute(insert(_ITEMS).values(name="holder"))  # the write transaction stays open
+        hops.clear()
+        waiting = []
+        for name in ("second", "third", "fourth"):
+            waiting.append(asyncio.create_task(_write(sqlite_engine, name)))
+            await asyncio.sleep(0.01)  # each arrives after the one before
+        # None of them reached SQLite (where its busy handler would sleep and retry on their threads).
+        assert hops == []
+        assert not any(task.done() for task in waiting)
+        await holder.commit()
+        await asyncio.gather(*waiting)
+    async with sqlite_engine.connect() as db:
+        names = (await db.execute(select(_ITEMS.c.name).order_by(_ITEMS.c.id))).scalars().all()
+    assert names == ["holder", "second", "third", "fourth"]
+
+
+async def test_reads_do_not_wait_for_a_write_transaction(sqlite_engine: AsyncEngine) -> None:
+    await _write(sqlite_engine, "committed")
+    async with sqlite_engine.connect() as holder, sqlite_engine.connect() as reader:
+        await holder.execute(insert(_ITEMS).values(name="pending"))
+        names = (await reader.execute(select(_ITEMS.c.name))).scalars().all()
+        assert names == ["committed"]  # read at once, from the last committed state
+        await holder.rollback()
+
+
+@pytest.fixture
+async def impatient_engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
+    """Writers wait at most 0.3 s for their turn; a turn that never ends shows as OperationalError."""
+    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'impatient.db'}", pool_timeout=0.3)
+    async with engine.begin() as db:
+        await db.run_sync(_ITEMS.metadata.create_all)
+    try:
+        yield engine
+    finally:
+        await engine.dispose()
+
+
+async def test_a_writer_kept_waiting_past_the_timeout_gets_a_transient_error(
+    impatient_engine: AsyncEngine,
+) -> None:
+    async with impatient_engine.connect() as holder:
+        await holder.execute(insert(_ITEMS).values(name="holder"))
+        with pytest.raises(sa_exc.OperationalError) as raised:
+            await _write(impatient_engine, "late")
+        assert is_transient_database_error(raised.value)  # answered with 503 and Retry-After
+        await holder.commit()
+    await _write(impatient_engine, "after")  # the queue still works
+
+
+async def test_the_turn_to_write_ends_with_the_transaction_however_it_ends(
+    impatient_engine: AsyncEngine,
+) -> None:
+    # Each block below ends a write transaction one way; the next writer must get its turn (a turn that
+    # stayed taken would fail it with "database is locked" after 0.3 s).
+    async with impatient_engine.connect() as db:  # rollback
+        await db.execute(insert(_ITEMS).values(name="rolled back"))
+        await db.rollback()
+    await _write(impatient_engine, "after rollback")
+
+    async with impatient_engine.connect() as db:  # a failed statement, then the rollback
+        await db.execute(insert(_ITEMS).values(id=100, name="first"))
+        with pytest.raises(sa_exc.IntegrityError):
+            await db.execute(insert(_ITEMS).values(id=100, name="duplicate"))
+        await db.rollback()
+    await _write(impatient_engine, "after failure")
+
+    async with impatient_engine.connect() as db:  # handed back to the pool without commit or rollback
+        await db.execute(insert(_ITEMS).values(name="abandoned"))
+    await _write(impatient_engine, "after hand-back")
+
+    async with impatient_engine.connect() as db:  # the connection invalidated (closed) mid-transaction
+        await db.execute(insert(_ITEMS).values(name="invalidated"))
+        await db.invalidate()
+    await _write(impatient_engine, "after invalidation")
+
+    async with impatient_engine.connect() as db:  # autocommit: each write is its own transaction
+        autocommit = await db.execution_options(isolation_level="AUTOCOMMIT")
+        await autocommit.execute(insert(_ITEMS).values(name="autocommitted"))
+        await _write(impatient_engine, "beside autocommit")  # while that connection is still checked out
+
+    async with impatient_engine.connect() as db:
+        names = (await db.execute(select(_ITEMS.c.name).order_by(_ITEMS.c.id))).scalars().all()
+    assert names == [
+        "after rollback",
+        "after failure",
+        "after hand-back",
+        "after invalidation",
+        "autocommitted",
+        "beside autocommit",
+    ]

@@ -53,8 +53,9 @@ def create_engine(database_url: str, **kwargs: Any) -> AsyncEngine:
     """`kwargs` go to SQLAlchemy; pool sizes apply to PostgreSQL only (SQLite keeps its own pool).
 
     `pool_timeout` (seconds, default 30) is how long a request waits for the database: on PostgreSQL for
-    a pooled connection, on SQLite for the write lock (its busy timeout). Then it fails with a transient
-    error, answered with 503 (`is_transient_database_error`).
+    a pooled connection, on SQLite for its turn to write (behind the process's other writers, then for
+    the file's lock: its busy timeout). Then it fails with a transient error, answered with 503
+    (`is_transient_database_error`).
     """
     if database_url.startswith("sqlite"):
         _ensure_sqlite_dir(database_url)
@@ -64,6 +65,9 @@ def create_engine(database_url: str, **kwargs: Any) -> AsyncEngine:
         # One hop to aiosqlite's thread per statement, none to hand a connection back (sqlite_driver.py).
         kwargs.setdefault("module", sqlite_driver.dbapi)
         kwargs.setdefault("pool_reset_on_return", None)
+        # The engine's writers take turns in the event loop rather than in SQLite's busy handler.
+        connect_args = kwargs.setdefault("connect_args", {})
+        connect_args.setdefault("write_lock", sqlite_driver.WriteLock(busy_timeout_ms / 1000))
         engine = create_async_engine(database_url, **kwargs)
         event.listen(engine.sync_engine, "reset", sqlite_driver.reset_if_in_transaction)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas(busy_timeout_ms))
