@@ -20,15 +20,21 @@ from aria_engine.db.engine import create_engine, is_transient_database_error, tr
 _ITEMS = Table("items", MetaData(), Column("id", Integer, primary_key=True), Column("name", String))
 
 
-@pytest.fixture
-async def sqlite_engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
-    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'driver.db'}")
+@contextlib.asynccontextmanager
+async def _items_engine(path: Path, **kwargs: Any) -> AsyncIterator[AsyncEngine]:
+    engine = create_engine(f"sqlite+aiosqlite:///{path}", **kwargs)
     async with engine.begin() as db:
         await db.run_sync(_ITEMS.metadata.create_all)
     try:
         yield engine
     finally:
         await engine.dispose()
+
+
+@pytest.fixture
+async def sqlite_engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
+    async with _items_engine(tmp_path / "driver.db") as engine:
+        yield engine
 
 
 @pytest.fixture
@@ -159,13 +165,8 @@ async def test_reads_do_not_wait_for_a_write_transaction(sqlite_engine: AsyncEng
 @pytest.fixture
 async def impatient_engine(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
     """Writers wait at most 0.3 s for their turn; a turn that never ends shows as OperationalError."""
-    engine = create_engine(f"sqlite+aiosqlite:///{tmp_path / 'impatient.db'}", pool_timeout=0.3)
-    async with engine.begin() as db:
-        await db.run_sync(_ITEMS.metadata.create_all)
-    try:
+    async with _items_engine(tmp_path / "impatient.db", pool_timeout=0.3) as engine:
         yield engine
-    finally:
-        await engine.dispose()
 
 
 async def test_a_writer_kept_waiting_past_the_timeout_gets_a_transient_error(
