@@ -66,8 +66,8 @@ def create_engine(database_url: str, **kwargs: Any) -> AsyncEngine:
         kwargs.setdefault("module", sqlite_driver.dbapi)
         kwargs.setdefault("pool_reset_on_return", None)
         # The engine's writers take turns in the event loop rather than in SQLite's busy handler.
-        connect_args = kwargs.setdefault("connect_args", {})
-        connect_args.setdefault("write_lock", sqlite_driver.WriteLock(busy_timeout_ms / 1000))
+        write_lock = sqlite_driver.WriteLock(busy_timeout_ms / 1000)
+        kwargs["connect_args"] = {"write_lock": write_lock, **kwargs.get("connect_args", {})}
         engine = create_async_engine(database_url, **kwargs)
         event.listen(engine.sync_engine, "reset", sqlite_driver.reset_if_in_transaction)
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas(busy_timeout_ms))
