@@ -1,4 +1,12 @@
-"""What machine and which versions a result was measured on (cores, CPU, memory, load, packages)."""
+"""What machine and which versions a result was measured on (cores, CPU, memory, load, packages), and how
+much CPU the machine actually had while it was measured.
+
+On a virtual machine the host may run other guests on the same physical cores: time this machine's
+processes were ready to run but the host ran someone else is *steal* (`/proc/stat`). It shows only under
+load (an idle guest has nothing to be kept from) and comes and goes with the neighbours: in one window of
+scenario 3 the host took 0.75 of the 2 cores, and the engine's tail rose from about 60 ms to 244 ms. A
+run records it, so a result measured on a machine that was not all there says so.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +14,21 @@ import os
 import platform
 import socket
 import subprocess
+import time
+from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-__all__ = ["machine_info", "machine_name"]
+__all__ = [
+    "CpuMeter",
+    "CpuSnapshot",
+    "cpu_between",
+    "cpu_snapshot",
+    "machine_info",
+    "machine_name",
+    "parse_proc_stat",
+]
 
 _PACKAGES = (
     "aria-engine",
@@ -29,6 +47,67 @@ _PACKAGES = (
     "httptools",
     "pydantic",
 )
+
+
+_PROC_STAT = Path("/proc/stat")
+
+
+@dataclass(frozen=True, slots=True)
+class CpuSnapshot:
+    """The machine's cumulative CPU time in clock ticks (all cores), at `at` (time.perf_counter())."""
+
+    at: float
+    total: int
+    idle: int  # idle + iowait
+    steal: int
+
+
+def parse_proc_stat(first_line: str, at: float) -> CpuSnapshot | None:
+    """The aggregate `cpu` line of /proc/stat: user nice system idle iowait irq softirq steal ..."""
+    fields = first_line.split()
+    if len(fields) < 9 or fields[0] != "cpu":
+        return None
+    ticks = [int(value) for value in fields[1:]]
+    # guest and guest_nice are already counted in user and nice
+    return CpuSnapshot(at=at, total=sum(ticks[:8]), idle=ticks[3] + ticks[4], steal=ticks[7])
+
+
+def cpu_snapshot() -> CpuSnapshot | None:
+    """Now, or None where there is no /proc/stat (not Linux)."""
+    try:
+        with _PROC_STAT.open() as stat:
+            return parse_proc_stat(stat.readline(), time.perf_counter())
+    except OSError:
+        return None
+
+
+def cpu_between(
+    before: CpuSnapshot | None, after: CpuSnapshot | None, cores: int | None = None
+) -> dict[str, float]:
+    """Cores busy (this machine's processes, and steal) and cores stolen by the host, on average."""
+    if before is None or after is None or after.total <= before.total:
+        return {}
+    ticks_per_core = (after.total - before.total) / (cores or os.cpu_count() or 1)  # elapsed, in ticks
+    busy = (after.total - after.idle) - (before.total - before.idle)
+    return {
+        "busy_cores": busy / ticks_per_core,
+        "stolen_cores": (after.steal - before.steal) / ticks_per_core,
+    }
+
+
+class CpuMeter:
+    """The machine's CPU over a `with` block: `meter.result` is `cpu_between` its start and end."""
+
+    def __init__(self) -> None:
+        self.result: dict[str, float] = {}
+        self._before: CpuSnapshot | None = None
+
+    def __enter__(self) -> CpuMeter:
+        self._before = cpu_snapshot()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.result = cpu_between(self._before, cpu_snapshot())
 
 
 def machine_name() -> str:

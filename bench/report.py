@@ -126,6 +126,37 @@ def _head(results: dict[str, Any], results_path: Path) -> list[str]:
     return lines
 
 
+def _machine_cpu(results: dict[str, Any]) -> list[str]:
+    """Per scenario: how busy the machine was and how much of it the host gave other guests (steal)."""
+    rows = []
+    for name, entries in (results.get("scenarios") or {}).items():
+        per_backend = entries.items() if "machine_cpu" not in entries else [("-", entries)]
+        for backend, entry in per_backend:
+            cpu = entry.get("machine_cpu") if isinstance(entry, dict) else None
+            if cpu:
+                rows.append(
+                    [
+                        name,
+                        backend,
+                        _num(entry.get("elapsed_seconds"), 0),
+                        _num(cpu.get("busy_cores"), 2),
+                        _num(cpu.get("stolen_cores"), 2),
+                    ]
+                )
+    if not rows:
+        return []
+    lines = [
+        "## The machine during the run",
+        "",
+        "A virtual machine shares its host's cores with other guests. Steal is the time this machine's "
+        "processes were ready to run while the host ran someone else (`/proc/stat`); it accrues only "
+        "under load and comes and goes with the neighbours. Cores on average over each scenario; busy "
+        "includes the steal. A scenario that lost a large part of a core measured a smaller machine.",
+        "",
+    ]
+    return lines + _table(["Scenario", "Backend", "Seconds", "Busy cores", "Stolen cores"], rows)
+
+
 def _targets(results: dict[str, Any]) -> list[str]:
     lines = ["## Targets", "", "The issue's targets for the project's 2-core machine, against this run.", ""]
     rows = []
@@ -141,13 +172,15 @@ def _ttft(results: dict[str, Any]) -> list[str]:
         "## 1. Time to first token",
         "",
         "Sequential turns on one session over WebSocket; the same client type reads the fake provider's "
-        "SSE directly in the same repeat. Overhead = engine minus direct, per percentile (ms).",
+        "SSE directly in the same repeat. Overhead = engine minus direct, per percentile (ms). Stolen "
+        "cores: CPU the host gave other guests while the engine's turns ran (see 'The machine during "
+        "the run').",
         "",
     ]
     rows = []
     for backend, entry in (pick(results, "scenarios", "ttft") or {}).items():
         if _failed(entry):
-            rows.append([backend, "failed: " + _failed(entry)[:120], "", "", "", "", ""])
+            rows.append([backend, "failed: " + _failed(entry)[:120], "", "", "", "", "", ""])
             continue
         rows.append(
             [
@@ -158,6 +191,7 @@ def _ttft(results: dict[str, Any]) -> list[str]:
                 _med(entry, "direct_p50", 2),
                 _med(entry, "overhead_p50", 2),
                 _med(entry, "overhead_p99", 2),
+                _med(entry, "stolen_cores", 2),
             ]
         )
     peer = pick(results, "scenarios", "peer", "ttft")
@@ -171,11 +205,11 @@ def _ttft(results: dict[str, Any]) -> list[str]:
                 _med(peer, "direct_p50", 2),
                 _med(peer, "overhead_p50", 2),
                 _med(peer, "overhead_p99", 2),
+                _med(peer, "stolen_cores", 2),
             ]
         )
-    return lines + _table(
-        ["Target", "Turns", "TTFT p50", "TTFT p99", "Direct p50", "Overhead p50", "Overhead p99"], rows
-    )
+    header = ["Target", "Turns", "TTFT p50", "TTFT p99", "Direct p50", "Overhead p50", "Overhead p99"]
+    return lines + _table([*header, "Stolen cores"], rows)
 
 
 def _throughput(results: dict[str, Any]) -> list[str]:
@@ -268,7 +302,9 @@ def _many(results: dict[str, Any]) -> list[str]:
             f'{1000.0 / entry["tokens_per_second_per_stream"]:.0f} ms schedule (ms). "All streaming": '
             "only the gaps that ended while every stream was delivering tokens (from the last stream's "
             "first token to the first stream's last one), the full load without the start burst; the "
-            "window's length in seconds beside it (0: the streams never all ran at once).",
+            "window's length in seconds beside it (0: the streams never all ran at once). Machine busy "
+            "cores: every process of the machine over the load, the host's steal included; stolen "
+            "cores: the part the host gave other guests.",
             "",
         ]
         rows = []
@@ -293,6 +329,8 @@ def _many(results: dict[str, Any]) -> list[str]:
                         _med(part, "server_cpu_cores", 2),  # "-" for the direct path: no server
                         _med(part, "provider_cores", 2),
                         _med(part, "client_cores", 2),
+                        _med(part, "machine_busy_cores", 2),
+                        _med(part, "stolen_cores", 2),
                     ]
                 )
         lines += _table(
@@ -309,6 +347,8 @@ def _many(results: dict[str, Any]) -> list[str]:
                 "Server cores",
                 "Provider cores",
                 "Client cores",
+                "Machine busy cores",
+                "Stolen cores",
             ],
             rows,
         )
@@ -514,7 +554,7 @@ def _profiles(results: dict[str, Any]) -> list[str]:
 
 
 def render(results: dict[str, Any], results_path: Path) -> str:
-    lines = _head(results, results_path) + _targets(results)
+    lines = _head(results, results_path) + _targets(results) + _machine_cpu(results)
     ran = results.get("scenarios") or {}
     sections = (
         ("ttft", _ttft),

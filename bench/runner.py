@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 
 from bench.harness import RELAY_WS, Bench, EngineHandle
-from bench.machine import machine_info, machine_name
+from bench.machine import CpuMeter, machine_info, machine_name
 from bench.report import render
 from bench.scenarios import history, many_streams, peer, rest, soak, throughput, ttft
 from bench.settings import Sizes
@@ -176,13 +176,16 @@ def _timed(
     results: dict[str, Any], name: str, backend: str | None, call: Callable[[], dict[str, Any]]
 ) -> None:
     started = time.perf_counter()
+    machine = CpuMeter()
     try:
-        value = call()
+        with machine:
+            value = call()
     except Exception as exc:  # one broken scenario must not lose the others' numbers
         traceback.print_exc(file=sys.stderr)
         value = {"failed": _brief(exc)}
         results["failures"].append({"backend": backend, "scenario": name, "error": _brief(exc)})
     value["elapsed_seconds"] = time.perf_counter() - started
+    value["machine_cpu"] = machine.result  # busy and stolen cores over the whole scenario
     if backend is None:
         results["scenarios"][name] = value
     else:

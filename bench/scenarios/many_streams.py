@@ -9,7 +9,9 @@ full load, without the start burst; empty when the first streams end before the 
 same clients reading the provider directly give the floor (client and provider jitter on this machine),
 and the bare relay of scenario 2 (no database) under the same load gives the ceiling a one-process
 Python WebSocket server reaches here. The engine's own TTFT (stored on each assistant row, measured from
-the start of its LLM call) separates waiting before the call from delivering it.
+the start of its LLM call) separates waiting before the call from delivering it. The machine's CPU over
+each load, including what the host took for other guests (steal, `bench/machine.py`), says whether the
+repeat had the machine to itself.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from typing import Any
 
 from bench.database import assistant_timings
 from bench.harness import RELAY_WS, Bench, EngineHandle, Sampler
+from bench.machine import CpuMeter
 from bench.procs import Service
 from bench.profiling import profile_extra_run
 from bench.scenarios import ms
@@ -55,6 +58,9 @@ def _added(result: dict[str, Any], delay: float, provider: Sampler | None = None
         "errors": float(result["errors"]),
         "client_cores": float(result.get("client_cores", float("nan"))),
         "provider_cores": provider.cpu_cores() if provider is not None else float("nan"),
+        # The whole machine over the load: what every process used, and what the host kept from them.
+        "machine_busy_cores": result["machine_cpu"].get("busy_cores", float("nan")),
+        "stolen_cores": result["machine_cpu"].get("stolen_cores", float("nan")),
     }
 
 
@@ -64,18 +70,22 @@ def _sampled_load(
     """Run a phased load, sampling each service's CPU and RSS from the moment the clients are released
     (after `before`, run once every client is connected)."""
     samplers = [Sampler(service, period=0.25) for service in services]
+    machine = CpuMeter()
 
     def on_ready() -> None:
         if before is not None:
             before()
         for sampler in samplers:
             sampler.__enter__()
+        machine.__enter__()
 
     try:
         result = bench.turns(job | {"phased": True}, processes=bench.sizes.many_processes, on_ready=on_ready)
     finally:
+        machine.__exit__()
         for sampler in samplers:
             sampler.__exit__()
+    result["machine_cpu"] = machine.result
     return result, samplers
 
 

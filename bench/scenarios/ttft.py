@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from bench.harness import Bench, EngineHandle
+from bench.machine import CpuMeter
 from bench.procs import Service
 from bench.profiling import profile_extra_run
 from bench.scenarios import ms
@@ -37,7 +38,8 @@ def measure_overhead(
     if profile:
         profile_extra_run(bench, server, profile, lambda: bench.turns(target_job))
     for _ in range(bench.sizes.repeats):
-        target = bench.turns(target_job)
+        with CpuMeter() as machine:
+            target = bench.turns(target_job)
         direct = bench.turns(direct_job)
         measured, baseline = summarize(ms(target["ttft"])), summarize(ms(direct["ttft"]))
         if not measured.get("n") or not baseline.get("n"):
@@ -52,6 +54,7 @@ def measure_overhead(
                 "overhead_p50": measured["p50"] - baseline["p50"],
                 "overhead_p99": measured["p99"] - baseline["p99"],
                 "errors": target["errors"] + direct["errors"],
+                "stolen_cores": machine.result.get("stolen_cores", float("nan")),
             }
         )
         if target["error_sample"]:
