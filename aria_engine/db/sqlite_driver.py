@@ -55,7 +55,11 @@ _WRITES = ("INSERT", "UPDATE", "DELETE", "REPLACE")
 
 
 def _writes(sql: str) -> bool:
-    """Whether a statement writes (and so opens a write transaction, unless in autocommit)."""
+    """Whether a statement writes (and so opens a write transaction, unless in autocommit).
+
+    By its first word: the engine's SQLite writes all begin with one of these (its `WITH ... INSERT`
+    forms are PostgreSQL's). A write that began otherwise would still be correct, only waiting in
+    SQLite's busy handler instead of in turn."""
     return sql.lstrip()[:7].upper().startswith(_WRITES)
 
 
