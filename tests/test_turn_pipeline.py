@@ -6,7 +6,8 @@ import asyncio
 from decimal import Decimal
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import delete, insert, select
+from sqlalchemy.exc import IntegrityError
 
 from aria_engine.db.models import ChatMessage, ChatSession
 from aria_engine.events import DoneEvent, ErrorEvent, StartEvent, TokenEvent, ToolCallEvent, ToolResultEvent
@@ -223,6 +224,39 @@ async def test_a_refused_message_leaves_the_session_as_it_was(make_engine, fake_
     rows = await _rows(engine, session["id"])
     assert [(row.seq, row.content) for row in rows if row.role == "user"] == [(1, "hello"), (3, "again")]
     assert [row.seq for row in rows] == [1, 2, 3, 4]
+
+
+async def test_a_user_row_that_cannot_be_written_leaves_the_session_as_it_was(make_engine, fake_llm) -> None:  # type: ignore[no-untyped-def]
+    # The user row's INSERT (on PostgreSQL part of the lease's statement) fails: nothing of the turn is
+    # emitted, and the lease and the reserved seq go back with the transaction.
+    engine = await make_engine()
+    session = await engine.create_session(owner="o")
+    sid = ChatSession.id.type.python_type(session["id"])
+    await engine.send_message(session["id"], "hello", owner="o")
+    before = await engine.get_session(session["id"], owner="o")
+    # A row at the seq the next turn reserves, written around the store (no engine path can do this).
+    async with engine.db_factory.begin() as db:
+        await db.execute(
+            insert(ChatMessage).values(session_id=sid, seq=3, role="assistant", content="squatter")
+        )
+    events = []
+    with pytest.raises(IntegrityError):
+        async for event in engine.stream_turn(session["id"], "again", owner="o"):
+            events.append(event)
+    assert events == []
+    after = await engine.get_session(session["id"], owner="o")
+    assert {key: after[key] for key in before if key != "updated_at"} == {
+        key: value for key, value in before.items() if key != "updated_at"
+    }
+    async with engine.db_factory.begin() as db:
+        await db.execute(delete(ChatMessage).where(ChatMessage.content == "squatter"))
+    # The lease was not left behind: the next message starts at once, at the seq the failed one reserved.
+    assert (await engine.send_message(session["id"], "again", owner="o")).finish_reason == "stop"
+    rows = await _rows(engine, session["id"])
+    assert [(row.seq, row.role, row.content) for row in rows if row.role == "user"] == [
+        (1, "user", "hello"),
+        (3, "user", "again"),
+    ]
 
 
 async def test_unknown_model_is_rejected_with_the_valid_ids(make_engine) -> None:  # type: ignore[no-untyped-def]
