@@ -14,7 +14,6 @@ import os
 import platform
 import socket
 import subprocess
-import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -54,29 +53,28 @@ _PROC_STAT = Path("/proc/stat")
 
 @dataclass(frozen=True, slots=True)
 class CpuSnapshot:
-    """The machine's cumulative CPU time in clock ticks (all cores), at `at` (time.perf_counter())."""
+    """The machine's cumulative CPU time in clock ticks (all cores), read at one moment."""
 
-    at: float
     total: int
     idle: int  # idle + iowait
     steal: int
 
 
-def parse_proc_stat(first_line: str, at: float) -> CpuSnapshot | None:
+def parse_proc_stat(first_line: str) -> CpuSnapshot | None:
     """The aggregate `cpu` line of /proc/stat: user nice system idle iowait irq softirq steal ..."""
     fields = first_line.split()
     if len(fields) < 9 or fields[0] != "cpu":
         return None
     ticks = [int(value) for value in fields[1:]]
     # guest and guest_nice are already counted in user and nice
-    return CpuSnapshot(at=at, total=sum(ticks[:8]), idle=ticks[3] + ticks[4], steal=ticks[7])
+    return CpuSnapshot(total=sum(ticks[:8]), idle=ticks[3] + ticks[4], steal=ticks[7])
 
 
 def cpu_snapshot() -> CpuSnapshot | None:
     """Now, or None where there is no /proc/stat (not Linux)."""
     try:
         with _PROC_STAT.open() as stat:
-            return parse_proc_stat(stat.readline(), time.perf_counter())
+            return parse_proc_stat(stat.readline())
     except OSError:
         return None
 

@@ -15,7 +15,7 @@ AFTER = "cpu  1060 0 220 5060 110 0 10 90 30 0"
 
 
 def test_busy_and_stolen_cores_between_two_readings() -> None:
-    before, after = parse_proc_stat(BEFORE, at=0.0), parse_proc_stat(AFTER, at=1.0)
+    before, after = parse_proc_stat(BEFORE), parse_proc_stat(AFTER)
     # guest time (30) is part of user already: it must not count twice
     result = cpu_between(before, after, cores=2)
     assert result == pytest.approx({"busy_cores": 1.3, "stolen_cores": 0.5})
@@ -23,11 +23,11 @@ def test_busy_and_stolen_cores_between_two_readings() -> None:
 
 @pytest.mark.parametrize("line", ["", "cpu0 1 2 3 4 5 6 7 8", "intr 1 2 3", "cpu 1 2 3"])
 def test_lines_that_are_not_the_aggregate_cpu_line_give_nothing(line: str) -> None:
-    assert parse_proc_stat(line, at=0.0) is None
+    assert parse_proc_stat(line) is None
 
 
 def test_no_elapsed_time_or_a_missing_reading_gives_no_figures() -> None:
-    snapshot = parse_proc_stat(BEFORE, at=0.0)
+    snapshot = parse_proc_stat(BEFORE)
     assert cpu_between(snapshot, snapshot, cores=2) == {}
     assert cpu_between(None, snapshot, cores=2) == {}
 
