@@ -65,7 +65,7 @@ from aria_engine.exceptions import (
     SessionEnded,
     ValidationError,
 )
-from aria_engine.llm_gateway import ToolCallAssembler
+from aria_engine.llm_gateway import ChunkStream, ToolCallAssembler
 from aria_engine.providers.base import (
     Chunk,
     ContentDelta,
@@ -169,13 +169,13 @@ class _OpenedCall:
         self,
         messages: list[dict[str, Any]],
         offered_tools: list[dict[str, Any]],
-        stream: AsyncIterator[Chunk],
+        stream: ChunkStream,
     ) -> None:
         self.messages = messages
         self.offered_tools = offered_tools
         self.stream = stream
         self.first: asyncio.Future[Chunk | None] = asyncio.ensure_future(anext(stream, None))
-        self.taken = False  # `_stream_call` owns it from then on (and closes it)
+        self.taken = False  # `_run_rounds` owns it from then on (and closes it)
 
     async def discard(self) -> None:
         """Close a call nobody will read: cancel the pending first read, then the stream."""
@@ -183,7 +183,7 @@ class _OpenedCall:
         await asyncio.wait([self.first])
         if not self.first.cancelled():
             self.first.exception()  # retrieved: a failure of a discarded call is not an error
-        await self.stream.aclose()  # type: ignore[attr-defined]
+        await self.stream.aclose()
 
 
 @dataclass(slots=True)
@@ -524,16 +524,28 @@ class ChatEngine(SessionManager):
                 async with transaction(self._db_engine) as db:
                     messages = await self._context(db, session, plan)
                 call = self._open_call(session, plan, round_no, messages, enable_thinking)
-            turn.call = _Call(model_id=plan.info.id, messages=call.messages)
-            async for event in self._stream_call(turn, call):
-                yield event
-            done_call = turn.call
-            calls = done_call.tool_calls()
+            streamed = turn.call = _Call(model_id=plan.info.id, messages=call.messages)
+            # The call's events are yielded right here, not through a generator of their own: a
+            # waiting turn is suspended in one layer fewer (see `ChunkStream`).
+            call.taken = True
+            async with contextlib.aclosing(call.stream):  # closing it closes the upstream request at once
+                # Cancelled while waiting here, this task resumes only once the first read's task has
+                # ended (asyncio cancels the awaited task and waits for it), so closing is safe.
+                chunk = await call.first
+                while chunk is not None:
+                    event = self._on_chunk(turn, streamed, chunk)
+                    if event is not None:
+                        yield event
+                    try:
+                        chunk = await call.stream.__anext__()
+                    except StopAsyncIteration:
+                        chunk = None
+            calls = streamed.tool_calls()
             if not calls or not call.offered_tools:
-                yield self._usage_event(turn, self._call_counters(done_call))
-                yield await self._finish(turn, _finish_reason(done_call.finish))
+                yield self._usage_event(turn, self._call_counters(streamed))
+                yield await self._finish(turn, _finish_reason(streamed.finish))
                 return
-            async for event in self._run_tools(turn, done_call, calls):
+            async for event in self._run_tools(turn, streamed, calls):
                 yield event
             if turn.output_tokens + turn.input_tokens > self.config.max_turn_tokens or (
                 turn.cost > self.config.max_turn_cost_usd
@@ -555,7 +567,7 @@ class ChatEngine(SessionManager):
         messages: list[dict[str, Any]],
         enable_thinking: bool,
     ) -> _OpenedCall:
-        """Start one LLM call: the request goes out now, its chunks are read by `_stream_call`."""
+        """Start one LLM call: the request goes out now, its chunks are read by `_run_rounds`."""
         # The last allowed round offers no tools, so the model has to answer in text.
         offered = plan.schemas if round_no < self.config.max_tool_rounds else []
         stream = self.gateway.stream(
@@ -567,20 +579,6 @@ class ChatEngine(SessionManager):
             enable_thinking=enable_thinking,
         )
         return _OpenedCall(messages, offered, stream)
-
-    async def _stream_call(self, turn: _Turn, opened: _OpenedCall) -> AsyncIterator[TurnEvent]:
-        call = turn.call
-        assert call is not None
-        opened.taken = True
-        async with contextlib.aclosing(opened.stream):  # closing it closes the upstream request at once
-            # Cancelled while waiting here, this task resumes only once the first read's task has ended
-            # (asyncio cancels the awaited task and waits for it), so closing the stream is safe.
-            chunk = await opened.first
-            while chunk is not None:
-                event = self._on_chunk(turn, call, chunk)
-                if event is not None:
-                    yield event
-                chunk = await anext(opened.stream, None)
 
     def _on_chunk(self, turn: _Turn, call: _Call, chunk: Chunk) -> TurnEvent | None:
         if isinstance(chunk, ContentDelta):

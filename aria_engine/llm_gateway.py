@@ -31,8 +31,7 @@ import os
 import random
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
-from contextlib import aclosing
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
@@ -64,6 +63,7 @@ from aria_engine.providers.openai_compatible import OpenAICompatibleProvider, Th
 from aria_engine.stream_deadline import END, StreamDeadline
 
 __all__ = [
+    "ChunkStream",
     "CircuitBreaker",
     "Completion",
     "LLMGateway",
@@ -234,6 +234,44 @@ class CircuitBreaker:
         self._probing = False
 
 
+class ChunkStream:
+    """What `LLMGateway.stream` returns: an async iterator of chunks, closed with `aclose`.
+
+    The first `__anext__` opens the call (fallback chain, retries, first chunk); every later one is the
+    relay generator's own. Not a generator wrapping the relay: a waiting stream is then suspended in one
+    layer fewer, and every layer is an object per token that the collector's young collections traverse
+    (with a thousand streams waiting, those objects are most of what the collections see).
+    """
+
+    __slots__ = ("_open", "_relay", "_started")
+
+    def __init__(self, open_relay: Callable[[], Awaitable[AsyncGenerator[Chunk, None]]]) -> None:
+        self._open = open_relay
+        self._relay: AsyncGenerator[Chunk, None] | None = None
+        self._started = False
+
+    def __aiter__(self) -> ChunkStream:
+        return self
+
+    def __anext__(self) -> Awaitable[Chunk]:
+        if self._relay is not None:
+            return self._relay.__anext__()
+        return self._first()
+
+    async def _first(self) -> Chunk:
+        if self._started:  # closed, or the opening failed: like a finished generator
+            raise StopAsyncIteration
+        self._started = True
+        self._relay = await self._open()
+        return await self._relay.__anext__()
+
+    async def aclose(self) -> None:
+        """Close the relay, and with it the upstream request, at once."""
+        self._started = True
+        if self._relay is not None:
+            await self._relay.aclose()
+
+
 class LLMGateway:
     """Resolves catalog models and serves them through provider adapters with the resilience rules.
 
@@ -287,7 +325,7 @@ class LLMGateway:
 
     # -- streaming ---------------------------------------------------------------------------------------
 
-    async def stream(
+    def stream(
         self,
         model_id: str,
         messages: Sequence[Mapping[str, Any]],
@@ -296,11 +334,26 @@ class LLMGateway:
         temperature: float | None = None,
         max_tokens: int | None = None,
         enable_thinking: bool = False,
-    ) -> AsyncIterator[Chunk]:
+    ) -> ChunkStream:
         """Stream one answer: `ModelSelected`, then deltas, at most one `UsageChunk`, one `FinishChunk`.
 
-        Raises `UnknownModel` before anything else, and `LLMError` subclasses when the chain fails.
+        Nothing happens until the first `__anext__`, which raises `UnknownModel` before anything else,
+        and `LLMError` subclasses when the chain fails.
         """
+        return ChunkStream(
+            lambda: self._open_relay(model_id, messages, tools, temperature, max_tokens, enable_thinking)
+        )
+
+    async def _open_relay(
+        self,
+        model_id: str,
+        messages: Sequence[Mapping[str, Any]],
+        tools: list[dict[str, Any]] | None,
+        temperature: float | None,
+        max_tokens: int | None,
+        enable_thinking: bool,
+    ) -> AsyncGenerator[Chunk, None]:
+        """Open the call along the fallback chain; the relay of the model that answered."""
         first = self.resolve(model_id)
         message_list = [dict(m) for m in messages]
         error: LLMError | None = None
@@ -312,13 +365,8 @@ class LLMGateway:
                 error = exc
                 logger.warning("model %s failed before any output (%s)", info.id, _why(exc))
                 continue
-            # aclosing: closing this stream must close the relay (and the upstream) now, not at GC time.
             opened = enable_thinking and info.reasoning and info.thinking_opened_by_template
-            relay_stream = self._relay(info, message_list, upstream, chunk, deadline, opened)
-            async with aclosing(relay_stream) as relay:
-                async for out in relay:
-                    yield out
-            return
+            return self._relay(info, message_list, upstream, chunk, deadline, opened)
         raise error or ProviderUnavailable()
 
     async def complete(
@@ -416,7 +464,7 @@ class LLMGateway:
         chunk: Any,
         deadline: float,
         thinking_opened: bool = False,
-    ) -> AsyncIterator[Chunk]:
+    ) -> AsyncGenerator[Chunk, None]:
         """Yield the committed stream; estimate usage if the provider reported none.
 
         `thinking_opened`: the model's chat template already opened `<think>`, so its content is

@@ -54,7 +54,10 @@ class StreamDeadline:
         if self._timer is None:
             self._arm(now)
         try:
-            return await anext(stream, END)
+            # `__anext__` rather than `anext(stream, END)`: no wrapper object per read.
+            return await stream.__anext__()
+        except StopAsyncIteration:
+            return END
         except asyncio.CancelledError:
             reader = self._reader
             if self._expired is not None and reader is not None and reader.uncancel() == 0:

@@ -259,3 +259,35 @@ async def test_thinking_opened_by_the_chat_template_ends_at_the_closing_tag(
     assert text_of(chunks, ThinkingDelta) == "First, add."
     assert text_of(chunks, ContentDelta) == "It is 4."
     assert isinstance(chunks[-1], FinishChunk)
+
+
+async def test_a_stream_closed_before_its_first_read_sends_no_request(
+    fake_llm: FakeLLM, fake_gateway: LLMGateway
+) -> None:
+    stream = fake_gateway.stream("fake-model", HELLO)
+    await stream.aclose()
+
+    assert [chunk async for chunk in stream] == []
+    assert fake_llm.requests == []
+
+
+async def test_a_stream_that_failed_to_open_is_finished(fake_llm: FakeLLM, fake_gateway: LLMGateway) -> None:
+    stream = fake_gateway.stream("gpt-nonexistent", HELLO)
+    with pytest.raises(UnknownModel):
+        await anext(stream)
+
+    # Like a generator that raised: nothing more, and no second attempt at the call.
+    assert [chunk async for chunk in stream] == []
+    assert fake_llm.requests == []
+
+
+async def test_closing_a_stream_mid_answer_ends_it(fake_llm: FakeLLM, fake_gateway: LLMGateway) -> None:
+    fake_llm.enqueue(Reply("one two three four five six", delay=0.05))
+    stream = fake_gateway.stream("fake-model", HELLO)
+    assert await anext(stream) == ModelSelected("fake-model")
+    assert isinstance(await anext(stream), ContentDelta)
+
+    await stream.aclose()
+
+    assert [chunk async for chunk in stream] == []
+    assert await anyio.to_thread.run_sync(fake_llm.wait_for_disconnects, 1)

@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -25,9 +24,9 @@ from aria_engine.providers import openai_compatible
 from aria_engine.providers.base import ContentDelta, LLMRequest, ThinkingDelta
 from aria_engine.providers.openai_compatible import (
     OpenAICompatibleProvider,
+    SSELines,
     ThinkTagSplitter,
     environment_proxy,
-    sse_lines,
     status_error,
 )
 from aria_engine.testing.fake_llm import FakeLLM, Reply, ToolCall, Usage, write_fake_catalog
@@ -39,11 +38,8 @@ HELLO = [{"role": "user", "content": "hi"}]
 
 
 async def lines_of(pieces: list[bytes]) -> list[bytes]:
-    async def reads() -> AsyncIterator[bytes]:
-        for piece in pieces:
-            yield piece
-
-    return [line async for lines in sse_lines(reads()) for line in lines]
+    lines = SSELines()
+    return [*(line for piece in pieces for line in lines.feed(piece)), *lines.end()]
 
 
 LINE = st.binary(max_size=12).map(lambda line: line.replace(b"\r", b"").replace(b"\n", b""))

@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 import urllib.parse
 import urllib.request
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from typing import Any
 
 import aiohttp
@@ -47,9 +47,9 @@ __all__ = [
     "MAX_LINE_BYTES",
     "OpenAICompatibleProvider",
     "SSEDecoder",
+    "SSELines",
     "ThinkTagSplitter",
     "environment_proxy",
-    "sse_lines",
     "status_error",
 ]
 
@@ -237,11 +237,16 @@ class OpenAICompatibleProvider:
                         await _read_error_body(response)
                         raise status_error(response.status, response.headers.get("Retry-After"))
                     # One pass per read, not per line: the chunks of a read are decoded together,
-                    # and only they cross this generator one by one.
-                    decoder = SSEDecoder()
-                    async for lines in sse_lines(response.content.iter_any()):
-                        for chunk in decoder.feed(lines):
+                    # and only they cross this generator one by one. The reads are awaited here, not
+                    # through another async iterator: every layer a waiting stream is suspended in is
+                    # one more object per token that the collector's young collections traverse.
+                    lines, decoder = SSELines(), SSEDecoder()
+                    read = response.content.readany
+                    while data := await read():
+                        for chunk in decoder.feed(lines.feed(data)):
                             yield chunk
+                    for chunk in decoder.feed(lines.end()):
+                        yield chunk
                     for chunk in decoder.end():
                         yield chunk
                 finally:
@@ -279,28 +284,34 @@ async def _read_error_body(response: aiohttp.ClientResponse) -> None:
     logger.warning("provider HTTP %s: %s", response.status, bytes(received[:_MAX_ERROR_BODY]))
 
 
-async def sse_lines(reads: AsyncIterable[bytes]) -> AsyncIterator[list[bytes]]:
-    """The complete lines of each read of a body, one list per read that ends at least one line (CR, LF
-    or CRLF ends; a CRLF cut between two reads gives one extra blank line, which SSE ignores). A partial
-    line waits for the rest, bounded by MAX_LINE_BYTES; a last line without its end comes at the end."""
-    held = bytearray()
-    async for data in reads:
+class SSELines:
+    """The complete lines of a body's reads: `feed` gives those a read ends (CR, LF or CRLF ends; a CRLF
+    cut between two reads gives one extra blank line, which SSE ignores). A partial line waits for the
+    rest, bounded by MAX_LINE_BYTES; `end` gives a last line left without its end."""
+
+    __slots__ = ("_held",)
+
+    def __init__(self) -> None:
+        self._held = bytearray()
+
+    def feed(self, data: bytes) -> list[bytes]:
         end = max(data.rfind(b"\n"), data.rfind(b"\r"))
         if end < 0:
-            held += data
-            if len(held) > MAX_LINE_BYTES:
+            self._held += data
+            if len(self._held) > MAX_LINE_BYTES:
                 raise ProviderUnavailable("The model provider sent an invalid response.")
-            continue
+            return []
         # The usual read ends with its last line: no copy, and nothing held back.
         complete = data if end + 1 == len(data) else data[: end + 1]
-        if held:
-            complete = bytes(held) + complete
-            held.clear()
+        if self._held:
+            complete = bytes(self._held) + complete
+            self._held.clear()
         if end + 1 < len(data):
-            held += data[end + 1 :]
-        yield complete.splitlines()
-    if held:
-        yield [bytes(held)]
+            self._held += data[end + 1 :]
+        return complete.splitlines()
+
+    def end(self) -> list[bytes]:
+        return [bytes(self._held)] if self._held else []
 
 
 class SSEDecoder:
