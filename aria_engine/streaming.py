@@ -537,7 +537,7 @@ class _Connection:
         try:
             with self.manager.following(turn_id):
                 async for batch in self.manager.event_log.follow(turn_id, after_seq):
-                    if not await self._send_all(data for _, data, _ in batch):
+                    if not await self._send_all(batch):
                         return
         except TurnNotFound as exc:
             await self._send(_error_frame(exc.code, exc.message, turn_id))

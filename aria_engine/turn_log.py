@@ -23,6 +23,8 @@ import contextlib
 import logging
 import time
 from abc import ABC, abstractmethod
+from array import array
+from bisect import bisect_right
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass, field
@@ -36,7 +38,6 @@ if TYPE_CHECKING:
 __all__ = [
     "MAX_BATCH",
     "CancelCallback",
-    "LoggedEvent",
     "MemoryTurnEventLog",
     "RedisTurnEventLog",
     "TurnEventLog",
@@ -53,13 +54,6 @@ class TurnNotFound(EngineError):
     default_message = "That turn is unknown here or too old to resume."
 
 
-# One logged event: (seq, the event's JSON text serialised once, whether it is the turn's last). An exact
-# tuple, not a class: the garbage collector stops tracking a tuple of atomic values after its first pass,
-# but traverses every instance of a class on every full collection. With a thousand finished turns kept
-# for resume (200,000 events), full collections stopped the event loop for 60-175 ms each, every few
-# seconds under load. The memory log hands its own tuples to followers, so following allocates nothing
-# per event.
-LoggedEvent = tuple[int, str, bool]
 
 # At most this many events per batch, so a socket replaying a long turn still answers a ping in between.
 MAX_BATCH = 256
@@ -87,9 +81,9 @@ class TurnEventLog(ABC):
         """The session a logged turn belongs to, or None if it is unknown or expired."""
 
     @abstractmethod
-    def follow(self, turn_id: str, after_seq: int) -> AsyncIterator[Sequence[LoggedEvent]]:
-        """Batches of the events after `after_seq`, then of live ones, until the final event (the last
-        of its batch). Raises TurnNotFound."""
+    def follow(self, turn_id: str, after_seq: int) -> AsyncIterator[Sequence[str]]:
+        """Batches of the events (their JSON texts) after `after_seq`, then of live ones, until the
+        final event (the last of its batch). Raises TurnNotFound."""
 
     @abstractmethod
     def on_cancel(self, turn_id: str, callback: CancelCallback) -> Callable[[], None]:
@@ -103,8 +97,13 @@ class TurnEventLog(ABC):
 @dataclass(slots=True)
 class _TurnRecord:
     session_id: str
-    events: list[LoggedEvent] = field(default_factory=list)
-    finished_at: float | None = None
+    # The logged events: their JSON texts (serialised once) and their seqs, side by side. Strings and
+    # an int array only: logging an event makes nothing the garbage collector tracks. A tuple per event
+    # counted towards the next young collection and had to be looked at by it (docs/ARCHITECTURE.md,
+    # "Memory and the garbage collector").
+    texts: list[str] = field(default_factory=list)
+    seqs: array[int] = field(default_factory=lambda: array("q"))
+    finished_at: float | None = None  # set with the final event, which is always the last one
     # One future per waiting follower (no shared, shielded future: waking one costs one loop pass).
     waiters: list[asyncio.Future[None]] = field(default_factory=list)
 
@@ -155,10 +154,12 @@ class MemoryTurnEventLog(TurnEventLog):
         record = self._turns.get(turn_id)
         if record is None:
             return  # pruned while running: only possible past max_turns live turns
-        record.events.append((seq, data, final))
-        if len(record.events) > self.max_events:
+        record.texts.append(data)
+        record.seqs.append(seq)
+        if len(record.seqs) > self.max_events:
             # Drop the older half at once: amortised O(1) per event, unlike popping one at a time.
-            del record.events[: len(record.events) // 2]
+            half = len(record.seqs) // 2
+            del record.texts[:half], record.seqs[:half]
         if final:
             record.finished_at = time.monotonic()
             self._finished[turn_id] = record.finished_at
@@ -168,24 +169,24 @@ class MemoryTurnEventLog(TurnEventLog):
         record = self._live_record(turn_id)
         return record.session_id if record else None
 
-    async def follow(self, turn_id: str, after_seq: int) -> AsyncIterator[Sequence[LoggedEvent]]:
+    async def follow(self, turn_id: str, after_seq: int) -> AsyncIterator[Sequence[str]]:
         record = self._live_record(turn_id)
         if record is None:
             raise TurnNotFound()
-        next_seq = after_seq + 1
+        sent = after_seq
         while True:
-            # Looked up afresh each time: the list may have been trimmed while the last batch was sent.
-            events = record.events
-            start = next_seq - events[0][0] if events else 0
-            if start < 0:
+            # Positions are found afresh each time: the log may have been trimmed during the last send.
+            seqs = record.seqs
+            if seqs and seqs[0] > sent + 1:
                 raise TurnNotFound("The events to resume from are no longer kept; reload the session.")
-            if start < len(events):
-                batch = events[start : start + MAX_BATCH]
-                yield batch
-                last_seq, _, final = batch[-1]
-                if final:  # nothing is logged after the final event
+            start = bisect_right(seqs, sent)
+            if start < len(seqs):
+                end = min(start + MAX_BATCH, len(seqs))
+                final = end == len(seqs) and record.finished_at is not None  # the final event is last
+                sent = seqs[end - 1]
+                yield record.texts[start:end]
+                if final:
                     return
-                next_seq = last_seq + 1
                 continue
             if record.finished_at is not None:
                 return
@@ -305,7 +306,7 @@ class RedisTurnEventLog(TurnEventLog):
         raw = await self._redis.get(self._meta_key(turn_id))
         return None if raw is None else _text(raw)
 
-    async def follow(self, turn_id: str, after_seq: int) -> AsyncIterator[Sequence[LoggedEvent]]:
+    async def follow(self, turn_id: str, after_seq: int) -> AsyncIterator[Sequence[str]]:
         if turn_id in self.local and await self.local.session_of(turn_id) is not None:
             async for batch in self.local.follow(turn_id, after_seq):
                 yield batch
@@ -323,18 +324,19 @@ class RedisTurnEventLog(TurnEventLog):
                 if not entries and await self._redis.exists(self._meta_key(turn_id)) == 0:
                     return
                 continue
-            batch: list[LoggedEvent] = []
+            batch: list[str] = []
+            final = False
             for entry_id, fields in entries:
                 seq = int(_text(entry_id).split("-", 1)[0])
                 if seq != expected:
                     raise TurnNotFound("The events to resume from are no longer kept; reload the session.")
                 final = _text(fields.get(b"f", fields.get("f", b"0"))) == "1"
-                batch.append((seq, _text(fields.get(b"d", fields.get("d", b""))), final))
+                batch.append(_text(fields.get(b"d", fields.get("d", b""))))
                 expected = seq + 1
                 if final:
                     break
             yield batch
-            if batch[-1][2]:
+            if final:
                 return
             entries = await self._redis.xrange(key, min=f"({expected - 1}-0", max="+", count=MAX_BATCH)
 

@@ -258,11 +258,11 @@ async def test_on_start_runs_when_start_is_logged_before_the_turn_reads_on(make_
     logged_at_start: list[list[str]] = []
 
     def on_start(turn_id: str) -> None:
-        logged_at_start.append([orjson.loads(data)["type"] for _, data, _ in log._turns[turn_id].events])
+        logged_at_start.append([orjson.loads(data)["type"] for data in log._turns[turn_id].texts])
 
     turn_id = await manager.start_turn(session["id"], "o", "hi", on_start=on_start)
     assert logged_at_start == [["start"]]
-    events = [orjson.loads(data) async for batch in log.follow(turn_id, 0) for _, data, _ in batch]
+    events = [orjson.loads(data) async for batch in log.follow(turn_id, 0) for data in batch]
     assert "".join(e["content"] for e in events if e["type"] == "token") == "one two three four"
     assert events[-1]["type"] == "done"
     await manager.aclose()
