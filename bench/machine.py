@@ -14,6 +14,7 @@ import os
 import platform
 import socket
 import subprocess
+import time
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -27,6 +28,7 @@ __all__ = [
     "machine_info",
     "machine_name",
     "parse_proc_stat",
+    "speed_reference_ms",
 ]
 
 _PACKAGES = (
@@ -164,8 +166,33 @@ def _version(name: str) -> str:
         return "not installed"
 
 
+def _reference_work() -> int:
+    """A fixed piece of the interpreter's everyday work: calls, small dicts and lists, string joins."""
+    total = 0
+    for i in range(20_000):
+        item = {"seq": i, "text": str(i), "parts": [i, i + 1]}
+        total += len("".join((item["text"], "-", str(item["parts"][1])))) + item["seq"] % 7
+    return total
+
+
+def speed_reference_ms(repeats: int = 7) -> float:
+    """How long this machine takes for `_reference_work` on one core: the best of `repeats`, in ms.
+
+    The same machine ran the same code at very different speeds from one day to another (the fake
+    provider's CPU per token doubled), so a run records a fixed yardstick: a figure to compare across
+    reports before comparing their absolute numbers. Lower is faster.
+    """
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        _reference_work()
+        best = min(best, time.perf_counter() - start)
+    return round(best * 1000, 2)
+
+
 def machine_info(repo: Path) -> dict[str, Any]:
-    """Cores, CPU model, memory, load average at the start, OS, Python and package versions."""
+    """Cores, CPU model, memory, load average and speed reference at the start, OS, Python and package
+    versions."""
     return {
         "name": machine_name(),
         "cores": os.cpu_count(),
@@ -173,6 +200,7 @@ def machine_info(repo: Path) -> dict[str, Any]:
         "cpu": _cpu_model(),
         "memory_gib": _memory_gib(),
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        "speed_reference_ms_at_start": speed_reference_ms(),
         "os": f"{platform.system()} {platform.release()}",
         "python": platform.python_version(),
         "git_commit": _git_commit(repo),

@@ -96,6 +96,7 @@ def _head(results: dict[str, Any], results_path: Path) -> list[str]:
             + "; end "
             + ", ".join(str(x) for x in machine.get("load_average_at_end", [])),
         ],
+        *_speed_row(machine),
         [
             "Software",
             f"Python {machine.get('python')}, {machine.get('os')}, engine commit {machine.get('git_commit')}"
@@ -124,6 +125,21 @@ def _head(results: dict[str, Any], results_path: Path) -> list[str]:
             "",
         ]
     return lines
+
+
+def _speed_row(machine: dict[str, Any]) -> list[list[str]]:
+    """The machine's speed reference, for runs that recorded it (from 2026-12-07 on)."""
+    start, end = machine.get("speed_reference_ms_at_start"), machine.get("speed_reference_ms_at_end")
+    if start is None:
+        return []
+    return [
+        [
+            "Speed reference",
+            f"{_num(start, 2)} ms at the start, {_num(end, 2)} ms at the end: a fixed piece of Python on one "
+            "core, best of 7 (`bench/machine.py`); lower is faster. Compare it across reports before "
+            "comparing their absolute figures.",
+        ]
+    ]
 
 
 def _machine_cpu(results: dict[str, Any]) -> list[str]:

@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 
 from bench.harness import RELAY_WS, Bench, EngineHandle
-from bench.machine import CpuMeter, machine_info, machine_name
+from bench.machine import CpuMeter, machine_info, machine_name, speed_reference_ms
 from bench.report import render
 from bench.scenarios import history, many_streams, peer, rest, soak, throughput, ttft
 from bench.settings import Sizes
@@ -108,6 +108,7 @@ def run_benchmark(options: RunOptions) -> Path:
         results["profiles"] = bench.profiles
     results["finished_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     results["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    results["machine"]["speed_reference_ms_at_end"] = speed_reference_ms()
     results["targets"] = evaluate_targets(results)
     write_results(results, output)
     doc.write_text(render(results, output))

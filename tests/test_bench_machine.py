@@ -1,4 +1,5 @@
-"""The benchmark's reading of the machine's CPU: busy and stolen cores from /proc/stat."""
+"""The benchmark's reading of the machine's CPU: busy and stolen cores from /proc/stat, and its speed
+reference."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import time
 
 import pytest
 
-from bench.machine import CpuMeter, cpu_between, parse_proc_stat
+from bench.machine import CpuMeter, cpu_between, parse_proc_stat, speed_reference_ms
+from bench.report import _speed_row
 
 # user nice system idle iowait irq softirq steal guest guest_nice, in clock ticks over all cores
 BEFORE = "cpu  1000 0 200 5000 100 0 10 40 0 0"
@@ -38,3 +40,17 @@ def test_the_meter_reads_this_machine_over_a_block() -> None:
     # On Linux (where the suite runs) both figures are there and within the machine's size.
     assert set(meter.result) == {"busy_cores", "stolen_cores"}
     assert 0.0 <= meter.result["stolen_cores"] <= meter.result["busy_cores"]
+
+
+def test_the_speed_reference_times_the_same_work_and_keeps_the_best() -> None:
+    first, second = speed_reference_ms(repeats=3), speed_reference_ms(repeats=3)
+    assert first > 0 and second > 0
+    # The same fixed work: two readings on one machine are of one size, not orders apart.
+    assert 0.1 < first / second < 10
+
+
+def test_the_report_gives_the_speed_reference_only_for_runs_that_recorded_it() -> None:
+    assert _speed_row({}) == []
+    (row,) = _speed_row({"speed_reference_ms_at_start": 24.74, "speed_reference_ms_at_end": 23.5})
+    assert row[0] == "Speed reference"
+    assert row[1].startswith("24.74 ms at the start, 23.50 ms at the end")
