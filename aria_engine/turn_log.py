@@ -54,7 +54,6 @@ class TurnNotFound(EngineError):
     default_message = "That turn is unknown here or too old to resume."
 
 
-
 # At most this many events per batch, so a socket replaying a long turn still answers a ping in between.
 MAX_BATCH = 256
 
