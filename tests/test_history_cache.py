@@ -180,7 +180,9 @@ async def _conversation(make_engine: MakeEngine, fake_llm: FakeLLM, cache_mb: fl
     and the first engine's cache hits."""
     settings = {"history_cache_mb": cache_mb, "max_tool_rounds": 2, "llm_max_retries": 0}
     here, there = [await make_engine(**settings) for _ in range(2)]
-    session = await here.create_session(owner="o", context_window=window)
+    # A fixed system prompt: the assembled one carries the time to the minute, and the two conversations
+    # compared may run either side of a minute's turn.
+    session = await here.create_session(owner="o", context_window=window, system_prompt="Answer briefly.")
     sid = session["id"]
     fake_llm.reset()
     plan: list[tuple[Any, str, list[Any]]] = [
