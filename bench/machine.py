@@ -14,7 +14,7 @@ import os
 import platform
 import socket
 import subprocess
-import time
+import timeit
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -182,12 +182,7 @@ def speed_reference_ms(repeats: int = 7) -> float:
     provider's CPU per token doubled), so a run records a fixed yardstick: a figure to compare across
     reports before comparing their absolute numbers. Lower is faster.
     """
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        _reference_work()
-        best = min(best, time.perf_counter() - start)
-    return round(best * 1000, 2)
+    return round(min(timeit.repeat(_reference_work, number=1, repeat=repeats)) * 1000, 2)
 
 
 def machine_info(repo: Path) -> dict[str, Any]:
