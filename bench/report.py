@@ -130,14 +130,18 @@ def _head(results: dict[str, Any], results_path: Path) -> list[str]:
 def _speed_row(machine: dict[str, Any]) -> list[list[str]]:
     """The machine's speed reference, for runs that recorded it (from 2026-12-07 on)."""
     start, end = machine.get("speed_reference_ms_at_start"), machine.get("speed_reference_ms_at_end")
-    if start is None:
+    if not start:
         return []
+
+    def reading(value: dict[str, float] | None) -> str:
+        return f"{_num(value['median'], 2)} ms (best {_num(value['best'], 2)})" if value else "-"
+
     return [
         [
             "Speed reference",
-            f"{_num(start, 2)} ms at the start, {_num(end, 2)} ms at the end: a fixed piece of Python on one "
-            "core, best of 7 (`bench/machine.py`); lower is faster. Compare it across reports before "
-            "comparing their absolute figures.",
+            f"{reading(start)} at the start, {reading(end)} at the end: the median (and best) of 25 runs of "
+            "a fixed piece of Python on one core (`bench/machine.py`); lower is faster. Compare it across "
+            "reports before comparing their absolute figures.",
         ]
     ]
 
