@@ -78,9 +78,10 @@ class EngineConfig(BaseSettings):
     db_pool_timeout: float = Field(default=30.0, gt=0)
     # Turns whose start (lease, user row, first request) runs at once in this process; the others wait
     # their turn. A burst of new turns then waits itself instead of making every running stream stutter
-    # (measured: 1,000 streams started in 5 s, added inter-token p99 150 ms unlimited, 74 ms with 4).
+    # (measured: 1,000 streams started in 5 s, added inter-token p99 150 ms unlimited, 74 ms with 4; later,
+    # alternated on one machine, 63 ms with 8, 57 with 4, 42 with 2, and the same time to first token).
     # PostgreSQL only: SQLite's single writer admits starts one at a time already.
-    max_concurrent_turn_starts: int = Field(default=4, ge=1)
+    max_concurrent_turn_starts: int = Field(default=2, ge=1)
 
     # -- serving -----------------------------------------------------------------------------------
     host: str = "127.0.0.1"
