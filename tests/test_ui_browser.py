@@ -28,9 +28,7 @@ from tests.test_cli_chat import create_api_key
 CHROMIUM = Path("/usr/bin/chromium")
 NO_CHROMIUM = "Chromium is not installed at /usr/bin/chromium (apt-get install chromium)"
 if not CHROMIUM.exists():
-    pytest.skip(
-        "Chromium is not installed at /usr/bin/chromium (apt-get install chromium)", allow_module_level=True
-    )
+    pytest.skip(NO_CHROMIUM, allow_module_level=True)
 sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is not installed")
 
 pytestmark = pytest.mark.browser
