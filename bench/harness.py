@@ -133,6 +133,10 @@ class Sampler:
         (t0, _, c0), (t1, _, c1) = self.samples[0], self.samples[-1]
         return (c1 - c0) / (t1 - t0) if t1 > t0 else 0.0
 
+    def cpu_seconds(self) -> float:
+        """CPU seconds used between the first and the last sample."""
+        return self.samples[-1][2] - self.samples[0][2]
+
 
 class Bench:
     """One benchmark run: owns the work directory, the provider process and every process it starts."""

@@ -54,6 +54,9 @@ class _TurnRecorder:
         self.bytes: list[int] = []
         self.gaps: list[float] = []
         self.gap_ends: list[float] = []  # when each gap ended: the arrival of its second token
+        # Each stream's first and last token, side by side: how many streamed at once, and when.
+        self.first_tokens: list[float] = []
+        self.last_tokens: list[float] = []
         self.errors = 0
         self.error_sample = ""
         self.first_send = float("inf")
@@ -73,6 +76,8 @@ class _TurnRecorder:
         if arrivals:
             self.first_token = min(self.first_token, arrivals[0])
             self.ttft.append(arrivals[0] - sent)
+            self.first_tokens.append(arrivals[0])
+            self.last_tokens.append(arrivals[-1])
             self.last_first_token = max(self.last_first_token, arrivals[0])
             self.first_last_token = min(self.first_last_token, arrivals[-1])
             if self.record_gaps:
@@ -91,6 +96,8 @@ class _TurnRecorder:
             "bytes": self.bytes,
             "gaps": self.gaps,
             "gap_ends": self.gap_ends,
+            "first_tokens": self.first_tokens,
+            "last_tokens": self.last_tokens,
             "all_streaming": [self.last_first_token, self.first_last_token] if self.ttft else None,
             "errors": self.errors,
             "error_sample": self.error_sample,

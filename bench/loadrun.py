@@ -92,7 +92,7 @@ def split_urls(job: Job, processes: int) -> list[Job]:
 
 def merge_turns(results: list[dict[str, Any]]) -> dict[str, Any]:
     """One turn result from several processes' (lists concatenated, the time window spanned)."""
-    keys = ("ttft", "total", "tokens", "bytes", "gaps", "gap_ends")
+    keys = ("ttft", "total", "tokens", "bytes", "gaps", "gap_ends", "first_tokens", "last_tokens")
     merged: dict[str, Any] = {key: [] for key in keys}
     for result in results:
         for key in merged:

@@ -322,7 +322,11 @@ def _many(results: dict[str, Any]) -> list[str]:
             f'{1000.0 / entry["tokens_per_second_per_stream"]:.0f} ms schedule (ms). "All streaming": '
             "only the gaps that ended while every stream was delivering tokens (from the last stream's "
             "first token to the first stream's last one), the full load without the start burst; the "
-            "window's length in seconds beside it (0: the streams never all ran at once). Machine busy "
+            "window's length in seconds beside it (0: the streams never all ran at once), and the most "
+            "streams that delivered tokens at one moment. Server CPU per token: the server's CPU over "
+            "the load divided by the tokens delivered, turn starts and ends included; one core carries "
+            f"at most {1e6 / entry['tokens_per_second_per_stream']:,.0f} divided by it such streams "
+            f"({1e6 / entry['tokens_per_second_per_stream'] / 50:,.0f} at 50 µs). Machine busy "
             "cores: every process of the machine over the load, the host's steal included; stolen "
             "cores: the part the host gave other guests.",
             "",
@@ -343,10 +347,12 @@ def _many(results: dict[str, Any]) -> list[str]:
                         _med(part, "added_max", 0),
                         _med(part, "all_streaming_added_p99", 2),
                         _med(part, "all_streaming_seconds", 1),
+                        _med(part, "most_streaming_at_once", 0),
                         _med(part, "ttft_p99", 0),
                         _med(part, "streams_completed", 0),
                         _med(part, "errors", 0),
                         _med(part, "server_cpu_cores", 2),  # "-" for the direct path: no server
+                        _med(part, "server_cpu_us_per_token", 0),
                         _med(part, "provider_cores", 2),
                         _med(part, "client_cores", 2),
                         _med(part, "machine_busy_cores", 2),
@@ -361,10 +367,12 @@ def _many(results: dict[str, Any]) -> list[str]:
                 "Added max",
                 "Added p99, all streaming",
                 "All streaming (s)",
+                "Most streaming at once",
                 "TTFT p99",
                 "Streams done",
                 "Errors",
                 "Server cores",
+                "Server CPU per token (µs)",
                 "Provider cores",
                 "Client cores",
                 "Machine busy cores",

@@ -11,7 +11,7 @@ import math
 import statistics
 from collections.abc import Iterable, Sequence
 
-__all__ = ["across_repeats", "linear_slope", "percentile", "summarize"]
+__all__ = ["across_repeats", "linear_slope", "most_at_once", "percentile", "summarize"]
 
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:
@@ -64,3 +64,14 @@ def linear_slope(points: Sequence[tuple[float, float]]) -> float:
     if var_x == 0:
         return math.nan
     return sum((x - mean_x) * (y - mean_y) for x, y in points) / var_x
+
+
+def most_at_once(starts: Sequence[float], ends: Sequence[float]) -> int:
+    """The largest number of intervals [start, end] that overlap at one moment (a sweep over the ends;
+    an interval ending at the moment another starts still counts as overlapping it)."""
+    points = sorted([(start, 0) for start in starts] + [(end, 1) for end in ends])
+    running = most = 0
+    for _, is_end in points:
+        running += -1 if is_end else 1
+        most = max(most, running)
+    return most

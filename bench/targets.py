@@ -78,7 +78,9 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         if steady_p99 is not None and steady_seconds:
             steady_note = f"while all {streams:,} streamed ({steady_seconds:.1f} s): {steady_p99:.0f} ms"
         elif steady_seconds is not None:
-            steady_note = f"the {streams:,} streams never all ran at once"
+            most = pick(many, "engine", "summary", "most_streaming_at_once", "median")
+            at_most = f" (at most {most:,.0f} at one moment)" if most is not None else ""
+            steady_note = f"the {streams:,} streams never all ran at once{at_most}"
         # A host that gave part of the machine to other guests shrank the machine the target is for.
         stolen = pick(many, "engine", "summary", "stolen_cores", "max")
         stolen_note = f"the host took up to {stolen:.2f} cores (steal)" if stolen and stolen >= 0.05 else ""

@@ -5,11 +5,13 @@ idle; then all turns start, spread over a short ramp, and a sampler records the 
 while they stream. The added inter-token delay of a stream is each gap between two tokens minus the
 provider's schedule (the per-token delay), over the whole run and over the window where every stream
 was delivering tokens at once (from the last stream's first token to the first stream's last one: the
-full load, without the start burst; empty when the first streams end before the last ones start). The
+full load, without the start burst; empty when the first streams end before the last ones start), and
+the most streams that delivered tokens at one moment says how close to the full load a run came. The
 same clients reading the provider directly give the floor (client and provider jitter on this machine),
 and the bare relay of scenario 2 (no database) under the same load gives the ceiling a one-process
 Python WebSocket server reaches here. The engine's own TTFT (stored on each assistant row, measured from
-the start of its LLM call) separates waiting before the call from delivering it. The machine's CPU over
+the start of its LLM call) separates waiting before the call from delivering it. The server's CPU per
+token delivered, engine against relay, says how many such streams one core carries. The machine's CPU over
 each load, including what the host took for other guests (steal, `bench/machine.py`), says whether the
 repeat had the machine to itself.
 """
@@ -27,7 +29,7 @@ from bench.machine import CpuMeter
 from bench.procs import Service
 from bench.profiling import profile_extra_run
 from bench.scenarios import ms
-from bench.stats import across_repeats, summarize
+from bench.stats import across_repeats, most_at_once, summarize
 
 __all__ = ["run"]
 
@@ -55,6 +57,8 @@ def _added(result: dict[str, Any], delay: float, provider: Sampler | None = None
         "ttft_p50": ttft.get("p50", float("nan")),
         "ttft_p99": ttft.get("p99", float("nan")),
         "streams_completed": float(len(result["total"])),
+        # Below the number of streams, the target's load never happened: the rest waited to start.
+        "most_streaming_at_once": float(most_at_once(result["first_tokens"], result["last_tokens"])),
         "errors": float(result["errors"]),
         "client_cores": float(result.get("client_cores", float("nan"))),
         "provider_cores": provider.cpu_cores() if provider is not None else float("nan"),
@@ -62,6 +66,13 @@ def _added(result: dict[str, Any], delay: float, provider: Sampler | None = None
         "machine_busy_cores": result["machine_cpu"].get("busy_cores", float("nan")),
         "stolen_cores": result["machine_cpu"].get("stolen_cores", float("nan")),
     }
+
+
+def _cpu_per_token(server: Sampler, result: dict[str, Any]) -> float:
+    """The server's CPU per token delivered (µs), its turns' starts and ends included: at 20 tokens/s
+    each token arrives alone, so this is the cost that decides how many streams one core carries."""
+    tokens = sum(result["tokens"])
+    return server.cpu_seconds() / tokens * 1e6 if tokens else float("nan")
 
 
 def _sampled_load(
@@ -111,6 +122,7 @@ def _engine_repeat(bench: Bench, engine: EngineHandle, urls: list[str], delay: f
         "rss_idle_kb_per_connection": (state["idle"] - state["base"]) / streams / 1024,
         "rss_streaming_kb_per_connection": (sampler.peak_rss() - state["base"]) / streams / 1024,
         "server_cpu_cores": sampler.cpu_cores(),
+        "server_cpu_us_per_token": _cpu_per_token(sampler, result),
         "connections": float(result["connections"]),
     }
     return {"row": row, "error_sample": result["error_sample"]}
@@ -123,7 +135,10 @@ def _relay_repeat(bench: Bench, delay: float) -> dict[str, float]:
         urls = [f"ws://127.0.0.1:{relay.port}/ws/relay"] * sizes.many_streams
         job = bench.ws_job(urls, record_gaps=True, ramp=sizes.many_ramp, connect_concurrency=100)
         result, (sampler, provider) = _sampled_load(bench, job, [relay, bench.provider])
-    return _added(result, delay, provider) | {"server_cpu_cores": sampler.cpu_cores()}
+    return _added(result, delay, provider) | {
+        "server_cpu_cores": sampler.cpu_cores(),
+        "server_cpu_us_per_token": _cpu_per_token(sampler, result),
+    }
 
 
 def run(bench: Bench, engine: EngineHandle) -> dict[str, Any]:
