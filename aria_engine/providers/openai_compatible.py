@@ -229,9 +229,10 @@ class OpenAICompatibleProvider:
         return body
 
     async def stream(self, request: LLMRequest) -> AsyncIterator[Chunk]:
-        content = orjson.dumps(self.body(request))
         try:
-            async with await self._post(content) as response:
+            # The body is not kept in this generator's frame, where it would live as long as the
+            # stream (4 KB per stream in the bench's many-streams scenario, measured with tracemalloc).
+            async with await self._post(orjson.dumps(self.body(request))) as response:
                 try:
                     if response.status >= 400:
                         await _read_error_body(response)
