@@ -54,18 +54,13 @@ class _TurnRecorder:
         self.bytes: list[int] = []
         self.gaps: list[float] = []
         self.gap_ends: list[float] = []  # when each gap ended: the arrival of its second token
-        # Each stream's first and last token, side by side: how many streamed at once, and when.
+        # Each turn's first and last token, side by side: when streams ran, and how many at once.
         self.first_tokens: list[float] = []
         self.last_tokens: list[float] = []
         self.errors = 0
         self.error_sample = ""
         self.first_send = float("inf")
-        self.first_token = float("inf")
         self.last_done = 0.0
-        # Every stream is delivering tokens between the last stream's first token and the first stream's
-        # last token: the window where the load is the full number of concurrent streams.
-        self.last_first_token = 0.0
-        self.first_last_token = float("inf")
 
     def add(self, sent: float, arrivals: list[float], done: float, size: int) -> None:
         self.first_send = min(self.first_send, sent)
@@ -74,12 +69,9 @@ class _TurnRecorder:
         self.tokens.append(len(arrivals))
         self.bytes.append(size)
         if arrivals:
-            self.first_token = min(self.first_token, arrivals[0])
             self.ttft.append(arrivals[0] - sent)
             self.first_tokens.append(arrivals[0])
             self.last_tokens.append(arrivals[-1])
-            self.last_first_token = max(self.last_first_token, arrivals[0])
-            self.first_last_token = min(self.first_last_token, arrivals[-1])
             if self.record_gaps:
                 self.gaps.extend(b - a for a, b in itertools.pairwise(arrivals))
                 self.gap_ends.extend(arrivals[1:])
@@ -98,11 +90,9 @@ class _TurnRecorder:
             "gap_ends": self.gap_ends,
             "first_tokens": self.first_tokens,
             "last_tokens": self.last_tokens,
-            "all_streaming": [self.last_first_token, self.first_last_token] if self.ttft else None,
             "errors": self.errors,
             "error_sample": self.error_sample,
             "first_send": self.first_send if self.total else None,
-            "first_token": self.first_token if self.ttft else None,
             "last_done": self.last_done if self.total else None,
         }
 

@@ -104,11 +104,10 @@ def merge_turns(results: list[dict[str, Any]]) -> dict[str, Any]:
     merged["connections"] = sum(r.get("connections", 0) for r in results)
     merged["client_cores"] = sum(r.get("client_cores", 0.0) for r in results)  # while driving turns
     merged["window"] = (max(ends) - min(starts)) if starts and ends else 0.0
+    firsts, lasts = merged["first_tokens"], merged["last_tokens"]
     # From the first token anywhere to the last `done`: the streaming rate without turn set-up.
-    firsts = [r["first_token"] for r in results if r.get("first_token") is not None]
     merged["streaming_window"] = (max(ends) - min(firsts)) if firsts and ends else 0.0
-    windows = [r["all_streaming"] for r in results if r.get("all_streaming")]
-    merged["all_streaming"] = (
-        [max(start for start, _ in windows), min(end for _, end in windows)] if windows else None
-    )
+    # Every stream delivers tokens between the last stream's first token and the first stream's last
+    # one: the window where the load is the full number of concurrent streams (empty if end < start).
+    merged["all_streaming"] = [max(firsts), min(lasts)] if firsts else None
     return merged
