@@ -122,24 +122,52 @@ class ChatResponse:
         return float(self.cost)
 
 
+class _TextParts:
+    """Streamed text, kept as a few joined blocks instead of a string per delta.
+
+    A Python string costs about 50 bytes before its first character: a 200-token answer held as 200
+    strings took 11 KB where its text is 1 KB (tracemalloc, bench scenario 3). Joining every `_BLOCK`
+    pieces costs O(1) per piece, amortised, whatever the answer's length.
+    """
+
+    __slots__ = ("_blocks", "_pieces")
+    _BLOCK = 64
+
+    def __init__(self) -> None:
+        self._blocks: list[str] = []
+        self._pieces: list[str] = []
+
+    def append(self, piece: str) -> None:
+        self._pieces.append(piece)
+        if len(self._pieces) == self._BLOCK:
+            self._blocks.append("".join(self._pieces))
+            self._pieces = []
+
+    def __bool__(self) -> bool:
+        return bool(self._blocks or self._pieces)
+
+    def text(self) -> str:
+        return "".join(self._blocks) + "".join(self._pieces)
+
+
 @dataclass(slots=True)
 class _Call:
-    """What one LLM call produced so far. Deltas are collected in lists and joined once."""
+    """What one LLM call produced so far."""
 
     model_id: str
     messages: list[dict[str, Any]]
-    content: list[str] = field(default_factory=list)
-    thinking: list[str] = field(default_factory=list)
+    content: _TextParts = field(default_factory=_TextParts)
+    thinking: _TextParts = field(default_factory=_TextParts)
     tool_fragments: ToolCallAssembler = field(default_factory=ToolCallAssembler)
     usage: UsageChunk | None = None
     finish: str | None = None
     started: float = field(default_factory=time.perf_counter)
 
     def text(self) -> str:
-        return "".join(self.content)
+        return self.content.text()
 
     def thought(self) -> str | None:
-        return "".join(self.thinking) or None
+        return self.thinking.text() or None
 
     def tool_calls(self) -> list[dict[str, Any]]:
         return self.tool_fragments.calls()

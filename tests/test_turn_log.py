@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import tracemalloc
 import uuid
 from collections.abc import AsyncIterator
 from typing import NamedTuple
@@ -75,6 +76,42 @@ async def test_memory_log_replays_after_any_seq_then_follows_live() -> None:
     assert [e.seq for e in events] == [2, 3, 4, 5]
     assert await _collect(log, "t1", 5) == []
     assert await log.session_of("t1") == "s1"
+
+
+async def test_a_finished_turn_is_kept_compactly_and_still_resumes_from_any_seq() -> None:
+    # A finished turn stays `ttl` seconds for a late resume. Once no socket follows it, it must cost far
+    # less than a string per event (about 150 bytes a token event), and still give back every event's
+    # own text, byte for byte, from any seq.
+    log = MemoryTurnEventLog()
+    texts = {
+        seq: orjson.dumps({"type": "token", "turn_id": "t1", "seq": seq, "content": "é" * (seq % 7)}).decode()
+        for seq in range(1, 201)
+    }
+    await log.open_turn("t1", "s1")
+    follower = log.follow("t1", 0)
+    for seq in range(1, 201):
+        await log.append("t1", seq, texts[seq], final=seq == 200)
+    # A socket still reading when the turn ends gets everything, then the turn is packed.
+    assert [data for batch in [await anext(follower)] for data in batch] == list(texts.values())
+    await follower.aclose()
+    for after in range(201):
+        assert [e.data for e in await _collect(log, "t1", after)] == [
+            texts[seq] for seq in range(after + 1, 201)
+        ]
+
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for turn in range(100):
+            turn_id = f"turn-{turn}"
+            await log.open_turn(turn_id, "s1")
+            for seq, text in texts.items():
+                await log.append(turn_id, seq, text.replace('"t1"', f'"{turn_id}"'), final=seq == 200)
+        kept = (tracemalloc.get_traced_memory()[0] - before) / 100
+    finally:
+        tracemalloc.stop()
+    assert kept < 5_000  # bytes per finished 200-event turn; about 30,000 as a string per event
+    assert len(await _collect(log, "turn-99", 0)) == 200
 
 
 async def test_a_resume_finds_its_place_by_seq_even_past_a_gap() -> None:

@@ -151,6 +151,26 @@ async def test_provider_error_before_output_is_an_error_for_rest(make_engine, fa
     assert (await engine.send_message(session["id"], "again", owner="o")).content == "back"
 
 
+async def test_a_long_answer_is_stored_exactly_as_streamed(make_engine, fake_llm) -> None:  # type: ignore[no-untyped-def]
+    # The answer is collected in joined blocks of deltas: the stored text and thinking must be the
+    # deltas' exact concatenation across block edges, and so must a partial cut mid-block.
+    engine = await make_engine(llm_max_retries=0)
+    session = await engine.create_session(owner="o")
+    text = " ".join(f"w{n}" for n in range(300))
+    thinking = "".join(f"t{n}." for n in range(150))
+    fake_llm.enqueue(Reply(text, thinking=thinking, chunk_size=3))
+    response = await engine.send_message(session["id"], "hi", owner="o")
+    assert (response.content, response.thinking) == (text, thinking)
+    rows = await _rows(engine, session["id"])
+    assert (rows[-1].content, rows[-1].thinking) == (text, thinking)
+
+    fake_llm.enqueue(Drop(after=150, reply=Reply(text, chunk_size=3)))
+    events = [e async for e in engine.stream_turn(session["id"], "again", owner="o")]
+    streamed = "".join(e.content for e in events if isinstance(e, TokenEvent))
+    assert len(streamed) > 64 * 3 and text.startswith(streamed)
+    assert (await _rows(engine, session["id"]))[-1].content == streamed
+
+
 async def test_provider_drop_mid_stream_persists_the_partial_answer(make_engine, fake_llm) -> None:  # type: ignore[no-untyped-def]
     engine = await make_engine(llm_max_retries=0)
     session = await engine.create_session(owner="o")
