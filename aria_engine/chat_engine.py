@@ -309,6 +309,14 @@ class ChatEngine(SessionManager):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
 
+    async def delete_session(self, session_id: str | uuid.UUID, *, owner: str | None = None) -> None:
+        await super().delete_session(session_id, owner=owner)
+        # Its history leaves this process's cache now, not when the least recently used end reaches it:
+        # a deleted conversation does not stay in memory, and the cache's room goes to live sessions
+        # (in a create/send/delete soak the deleted sessions filled it to its bound, 64 MB). A copy on
+        # another replica is never read again: a deleted session has no next turn.
+        self.context.history.discard(parse_id(session_id))
+
     # -- turns -------------------------------------------------------------------------------------
 
     async def send_message(

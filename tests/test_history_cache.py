@@ -211,3 +211,18 @@ async def test_the_engine_sends_the_same_requests_with_and_without_the_cache(
         cached, hits = await _conversation(make_engine, fake_llm, 64, window)
         assert cached == without
         assert hits >= 8  # consecutive turns here were served from the cache
+
+
+async def test_deleting_a_session_drops_its_cached_history(
+    make_engine: MakeEngine, fake_llm: FakeLLM
+) -> None:
+    # A deleted conversation must not stay in the process's memory until the cache's bound pushes it out.
+    engine = await make_engine(history_cache_mb=64)
+    kept, deleted = (await engine.create_session(owner="o"), await engine.create_session(owner="o"))
+    for session in (kept, deleted):
+        fake_llm.enqueue(Reply("an answer"))
+        await engine.send_message(session["id"], "a question", owner="o")
+    cached = engine.context.history.size_bytes
+    assert len(engine.context.history) == 2 and cached > 0
+    await engine.delete_session(deleted["id"], owner="o")
+    assert len(engine.context.history) == 1 and engine.context.history.size_bytes < cached
