@@ -120,11 +120,12 @@ class _TurnRecord:
         about 40 µs of CPU once per turn."""
         if self.packed is not None or self.finished_at is None or self.followers:
             return
-        ends, end = array("I"), 0
+        joined = "".join(self.texts)
+        ends, end = array("I" if len(joined) < 2**32 else "Q"), 0  # 4 bytes an end, unless it cannot be
         for text in self.texts:
             end += len(text)
             ends.append(end)
-        self.packed, self.ends = zlib.compress("".join(self.texts).encode(), 1), ends
+        self.packed, self.ends = zlib.compress(joined.encode(), 1), ends
         self.texts = []
         seqs = self.seqs
         if seqs and seqs[-1] - seqs[0] + 1 == len(seqs):  # the usual 1, 2, 3, ...: a range holds it
