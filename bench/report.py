@@ -383,10 +383,10 @@ def _many(results: dict[str, Any]) -> list[str]:
         engine = entry.get("engine") or {}
         first = (engine.get("repeats") or [{}])[0]
         lines += [
-            "Memory is the first repeat's: the process grows once, for the first 1,000 sockets and "
-            "streams, and later repeats reuse that memory (their growth is near zero, not a smaller "
-            "cost per connection). Per connection = (RSS with every socket open, or its peak while they "
-            "stream) minus the RSS before the sockets opened, divided by the sockets.",
+            f"Memory is the first repeat's: the process grows once, for its first {entry['streams']:,} "
+            "sockets and streams, and later repeats reuse that memory (their growth is near zero, not a "
+            "smaller cost per connection). Per connection = (RSS with every socket open, or its peak "
+            "while they stream) minus the RSS before the sockets opened, divided by the sockets.",
             "",
         ]
         lines += _table(
