@@ -100,14 +100,16 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
         # The worst repeat: the first one's growth is the per-connection cost from a cold process; later
         # repeats reuse the memory the finished turns' logs leave behind.
         rss = pick(many, "engine", "summary", "rss_streaming_kb_per_connection", "max")
+        fewer = _fewer_streaming(many, streams)
         rows.append(
             _row(
                 "Concurrent streams: RSS per streaming connection",
                 "≤ 100 KB",
                 rss,
                 "KB",
-                rss is not None and rss <= 100.0,
-                "; ".join(filter(None, [note, "the worst repeat"])),
+                # Like the p99: a peak of fewer streams than the target's did not test it.
+                None if fewer else rss is not None and rss <= 100.0,
+                "; ".join(filter(None, [note, "the worst repeat", fewer])),
             )
         )
     for backend in ("postgres", "sqlite"):
@@ -183,3 +185,13 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
             )
         )
     return rows
+
+
+def _fewer_streaming(many: dict[str, Any], streams: int | None) -> str:
+    """Say so when the first repeat, whose growth is the memory figure, never had every stream running:
+    its peak is that of fewer streams, and the figure per connection understates the full load's."""
+    repeats = pick(many, "engine", "repeats") or []
+    most = repeats[0].get("most_streaming_at_once") if repeats else None
+    if most is None or streams is None or most >= streams:
+        return ""
+    return f"at most {most:,.0f} of the {streams:,} streamed at once in it, so it understates the full load"
