@@ -381,34 +381,58 @@ def _many(results: dict[str, Any]) -> list[str]:
             rows,
         )
         engine = entry.get("engine") or {}
-        first = (engine.get("repeats") or [{}])[0]
-        lines += [
-            f"Memory is the first repeat's: the process grows once, for its first {entry['streams']:,} "
-            "sockets and streams, and later repeats reuse that memory (their growth is near zero, not a "
-            "smaller cost per connection). Per connection = (RSS with every socket open, or its peak "
-            "while they stream) minus the RSS before the sockets opened, divided by the sockets.",
-            "",
-        ]
-        lines += _table(
-            [
-                "Engine's own TTFT p50 / p99",
-                "Server RSS before the sockets (first repeat)",
-                "RSS per idle connection (first repeat)",
-                "RSS per streaming connection (first repeat)",
-                "Server CPU",
-            ],
-            [
-                [
-                    f"{_med(engine, 'server_ttft_p50', 0)} / {_med(engine, 'server_ttft_p99', 0)} ms",
-                    f"{_num(first.get('rss_base_mb'))} MB",
-                    f"{_num(first.get('rss_idle_kb_per_connection'))} KB",
-                    f"{_num(first.get('rss_streaming_kb_per_connection'))} KB",
-                    f"{_med(engine, 'server_cpu_cores', 2)} cores",
-                ]
-            ],
-        )
+        lines += _memory(entry, engine)
         for sample in entry.get("error_samples") or []:
             lines += [f"> error sample: `{sample[:200]}`", ""]
+    return lines
+
+
+def _memory(entry: dict[str, Any], engine: dict[str, Any]) -> list[str]:
+    """Scenario 3's memory table: from its memory repeat, or (older results) from the first repeat."""
+    memory = entry.get("memory")
+    source = "memory repeat" if memory else "first repeat"
+    measured = memory or (engine.get("repeats") or [{}])[0]
+    if memory:
+        rate = memory.get("tokens_per_second_per_stream", 0)
+        text = (
+            f"Memory comes from a repeat of its own that runs first, on the cold process: the same "
+            f"{entry['streams']:,} sockets and {entry['tokens_per_stream']}-token answers at {rate:g} "
+            "tokens/s, a rate one process carries for every stream at once (at "
+            f"{entry['tokens_per_second_per_stream']:.0f} tokens/s the first streams end before the last "
+            "ones start, and the peak is that of fewer streams). The process grows once, for its first "
+            "sockets and streams; later repeats reuse that memory."
+        )
+    else:
+        text = (
+            f"Memory is the first repeat's: the process grows once, for its first {entry['streams']:,} "
+            "sockets and streams, and later repeats reuse that memory (their growth is near zero, not a "
+            "smaller cost per connection)."
+        )
+    lines = [
+        text + " Per connection = (RSS with every socket open, or its peak while they stream) minus the "
+        "RSS before the sockets opened, divided by the sockets.",
+        "",
+    ]
+    lines += _table(
+        [
+            "Engine's own TTFT p50 / p99",
+            f"Server RSS before the sockets ({source})",
+            f"RSS per idle connection ({source})",
+            f"RSS per streaming connection ({source})",
+            f"Most streaming at once ({source})",
+            "Server CPU",
+        ],
+        [
+            [
+                f"{_med(engine, 'server_ttft_p50', 0)} / {_med(engine, 'server_ttft_p99', 0)} ms",
+                f"{_num(measured.get('rss_base_mb'))} MB",
+                f"{_num(measured.get('rss_idle_kb_per_connection'))} KB",
+                f"{_num(measured.get('rss_streaming_kb_per_connection'))} KB",
+                _num(measured.get("most_streaming_at_once"), 0),
+                f"{_med(engine, 'server_cpu_cores', 2)} cores",
+            ]
+        ],
+    )
     return lines
 
 

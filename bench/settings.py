@@ -18,12 +18,14 @@ class Sizes:
     # 2. Throughput: tokens per answer at zero delay, for each number of concurrent sessions.
     stream_tokens: int
     stream_sessions: tuple[int, ...]
-    # 3. Many streams: sockets, tokens per answer, tokens per second per stream, start ramp, client procs.
+    # 3. Many streams: sockets, tokens per answer, tokens per second per stream, start ramp, client procs,
+    # and the slower rate of the memory repeat, one that a single process carries for every stream at once.
     many_streams: int
     many_tokens: int
     many_rate: float
     many_ramp: float
     many_processes: int
+    many_memory_rate: float
     # 4. REST: seeded sessions for the list, concurrency levels, seconds measured (after a warm-up).
     rest_sessions: int
     rest_concurrency: tuple[int, ...]
@@ -52,6 +54,7 @@ FULL = Sizes(
     many_rate=20.0,
     many_ramp=5.0,
     many_processes=2,
+    many_memory_rate=4.0,
     rest_sessions=100_000,
     rest_concurrency=(1, 16, 64),
     rest_duration=10.0,

@@ -97,16 +97,25 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                 "; ".join(filter(None, [note, steady_note, relay_note, stolen_note])),
             )
         )
-        # The first repeat, as in the report's memory table: its growth is the per-connection cost from a
-        # cold process; later repeats reuse the memory the finished turns' logs leave behind.
-        first = (pick(many, "engine", "repeats") or [{}])[0]
-        rss = first.get("rss_streaming_kb_per_connection")
-        most = first.get("most_streaming_at_once")
+        # The memory repeat: the cold process with every stream running at once, at a rate one process
+        # carries. Results from before it was measured give the first repeat's growth (later repeats reuse
+        # the memory the finished turns' logs leave behind).
+        memory = many.get("memory")
+        measured = memory or (pick(many, "engine", "repeats") or [{}])[0]
+        rss = measured.get("rss_streaming_kb_per_connection")
+        most = measured.get("most_streaming_at_once")
         # Like the p99: a peak of fewer streams than the target's did not test it, and understates it.
         fewer = streams is not None and most is not None and most < streams
-        rss_notes = [note, "the first repeat"]
+        if memory:
+            rate = memory.get("tokens_per_second_per_stream")
+            source = f"a repeat of its own, first, at {rate:g} tokens/s" if rate else "a repeat of its own"
+        else:
+            source = "the first repeat"
+        rss_notes = [note, source]
         if fewer:
             rss_notes.append(f"at most {most:,.0f} of the {streams:,} streamed at once in it: it understates")
+        elif memory and most is not None:
+            rss_notes.append(f"all {most:,.0f} streamed at once")
         rows.append(
             _row(
                 "Concurrent streams: RSS per streaming connection",
