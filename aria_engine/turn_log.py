@@ -95,48 +95,100 @@ class TurnEventLog(ABC):
         """Ask the process running the turn to cancel it. True if it was handled here."""
 
 
+# A turn's log keeps its newest events as strings, where the sockets following it read them, and the
+# older ones joined and compressed in blocks: about 12 bytes an event instead of about 150 for a string
+# (bench scenario 3: with 1,000 streams running at once their logs were a third of their memory).
+LIVE_EVENTS = 16
+BLOCK_EVENTS = 32
+
+
+def _compress(text: str) -> bytes:
+    # A raw deflate stream with a 2 KB window: a block's events repeat their turn_id every hundred bytes
+    # or so, and setting up zlib's default 32 KB window took longer than compressing a block (50 µs
+    # against 8 for 32 token events).
+    packer = zlib.compressobj(1, zlib.DEFLATED, -11, 3)
+    return packer.compress(text.encode()) + packer.flush()
+
+
+def _pack(texts: list[str]) -> tuple[bytes, array[int]]:
+    """Texts joined and compressed, and each one's end in the joined text."""
+    joined = "".join(texts)
+    ends, end = array("I" if len(joined) < 2**32 else "Q"), 0  # 4 bytes an end, unless it cannot be
+    for text in texts:
+        end += len(text)
+        ends.append(end)
+    return _compress(joined), ends
+
+
+def _unpack(data: bytes, ends: array[int]) -> list[str]:
+    joined = zlib.decompress(data, -11).decode()
+    return [joined[begin:end] for begin, end in zip((0, *ends), ends, strict=False)]
+
+
 @dataclass(slots=True)
 class _TurnRecord:
     session_id: str
-    # The logged events: their JSON texts (serialised once) and their seqs, side by side. Strings and
-    # an int array only: logging an event makes nothing the garbage collector tracks. A tuple per event
-    # counted towards the next young collection and had to be looked at by it (docs/ARCHITECTURE.md,
-    # "Memory and the garbage collector").
+    # The logged events: the newest ones' JSON texts (serialised once), the older ones in blocks of
+    # BLOCK_EVENTS (a finished turn's last block holds the rest: `_pack`, with each text's end), and
+    # every kept event's seq. Strings, bytes and int arrays only: logging an event makes nothing the
+    # garbage collector tracks. A tuple per event counted towards the next young collection and had to
+    # be looked at by it (docs/ARCHITECTURE.md, "Memory and the garbage collector").
     texts: list[str] = field(default_factory=list)
+    blocks: list[bytes] = field(default_factory=list)
+    block_ends: list[array[int]] = field(default_factory=list)
     seqs: array[int] | range = field(default_factory=lambda: array("q"))
     finished_at: float | None = None  # set with the final event, which is always the last one
     # One future per waiting follower (no shared, shielded future: waking one costs one loop pass).
     waiters: list[asyncio.Future[None]] = field(default_factory=list)
-    followers: int = 0  # `follow` iterations running now
-    # A finished turn is kept `ttl` seconds for a late resume, which is rare: once no socket follows it,
-    # its texts are joined and compressed (`pack`), with each text's end in the joined text.
-    packed: bytes | None = None
-    ends: array[int] | None = None
+
+    def add(self, text: str, seq: int, max_events: int) -> None:
+        """Log an event of the running turn (its seqs are an array until it finishes)."""
+        seqs = self.seqs
+        assert isinstance(seqs, array)
+        self.texts.append(text)
+        seqs.append(seq)
+        if len(seqs) > max_events:
+            # Drop the older half at once: amortised O(1) per event, unlike dropping one at a time.
+            half = len(seqs) // 2
+            texts = self.unpacked()[half:]
+            del seqs[:half]
+            self.blocks, self.block_ends, self.texts = [], [], texts
+        while len(self.texts) >= BLOCK_EVENTS + LIVE_EVENTS:
+            self._add_block(self.texts[:BLOCK_EVENTS])
+            del self.texts[:BLOCK_EVENTS]
+
+    def _add_block(self, texts: list[str]) -> None:
+        data, ends = _pack(texts)
+        self.blocks.append(data)
+        self.block_ends.append(ends)
 
     def pack(self) -> None:
-        """Compress a finished turn's texts once no follower reads them. A string per event costs about
-        50 bytes before its first character and token events repeat their turn_id: a 200-token turn
-        goes from about 30 KB to 3 KB (1,000 finished streams kept 28 MB before, bench scenario 3), for
-        about 40 µs of CPU once per turn."""
-        if self.packed is not None or self.finished_at is None or self.followers:
-            return
-        joined = "".join(self.texts)
-        ends, end = array("I" if len(joined) < 2**32 else "Q"), 0  # 4 bytes an end, unless it cannot be
-        for text in self.texts:
-            end += len(text)
-            ends.append(end)
-        self.packed, self.ends = zlib.compress(joined.encode(), 1), ends
-        self.texts = []
+        """Compress the rest of a finished turn, kept `ttl` seconds for a rare late resume."""
+        if self.texts:
+            self._add_block(self.texts)
+            self.texts = []
         seqs = self.seqs
         if seqs and seqs[-1] - seqs[0] + 1 == len(seqs):  # the usual 1, 2, 3, ...: a range holds it
             self.seqs = range(seqs[0], seqs[-1] + 1)
 
+    def between(self, start: int, end: int) -> list[str]:
+        """The texts of the kept events at positions [start, end)."""
+        packed = len(self.seqs) - len(self.texts)
+        if start >= packed:  # a socket keeping up with its turn: always here
+            return self.texts[start - packed : end - packed]
+        texts: list[str] = []
+        while start < min(end, packed):  # a late resume: each block it needs is decompressed once
+            index = min(start // BLOCK_EVENTS, len(self.blocks) - 1)  # only the last block can be shorter
+            first = index * BLOCK_EVENTS
+            block = _unpack(self.blocks[index], self.block_ends[index])
+            texts += block[start - first : end - first]
+            start = first + len(block)
+        return texts + self.texts[start - packed : end - packed] if start < end else texts
+
     def unpacked(self) -> list[str]:
-        """Every kept text: of a packed turn, decompressed (once per resume of it)."""
-        if self.packed is None or self.ends is None:
-            return self.texts
-        joined = zlib.decompress(self.packed).decode()
-        return [joined[begin:end] for begin, end in zip((0, *self.ends), self.ends, strict=False)]
+        """Every kept text, in order."""
+        blocks = zip(self.blocks, self.block_ends, strict=True)
+        return [text for data, ends in blocks for text in _unpack(data, ends)] + self.texts
 
     def wake(self) -> None:
         """Wake the followers waiting for an event."""
@@ -185,18 +237,12 @@ class MemoryTurnEventLog(TurnEventLog):
         record = self._turns.get(turn_id)
         if record is None:
             return  # pruned while running: only possible past max_turns live turns
-        record.texts.append(data)
-        record.seqs.append(seq)
-        if len(record.seqs) > self.max_events:
-            # Drop the older half at once: amortised O(1) per event, unlike popping one at a time.
-            half = len(record.seqs) // 2
-            del record.texts[:half], record.seqs[:half]
+        record.add(data, seq, self.max_events)
         if final:
             record.finished_at = time.monotonic()
             self._finished[turn_id] = record.finished_at
+            record.pack()  # a socket still reading the turn reads the rest from the last block
         record.wake()
-        if final:
-            record.pack()  # unless a socket follows the turn: then when the last one has read it
 
     async def session_of(self, turn_id: str) -> str | None:
         record = self._live_record(turn_id)
@@ -206,30 +252,25 @@ class MemoryTurnEventLog(TurnEventLog):
         record = self._live_record(turn_id)
         if record is None:
             raise TurnNotFound()
-        record.followers += 1  # no packing while this runs: a packed record was packed before it
-        try:
-            unpacked = record.unpacked() if record.packed is not None else None
-            sent = after_seq
-            while True:
-                # Positions are found afresh each time: the log may have been trimmed during the last send.
-                seqs = record.seqs
-                if seqs and seqs[0] > sent + 1:
-                    raise TurnNotFound("The events to resume from are no longer kept; reload the session.")
-                start = bisect_right(seqs, sent)
-                if start < len(seqs):
-                    end = min(start + MAX_BATCH, len(seqs))
-                    final = end == len(seqs) and record.finished_at is not None  # the final event is last
-                    sent = seqs[end - 1]
-                    yield (record.texts if unpacked is None else unpacked)[start:end]
-                    if final:
-                        return
-                    continue
-                if record.finished_at is not None:
+        sent = after_seq
+        while True:
+            # Positions are found afresh each time: the log may have been trimmed during the last send.
+            seqs = record.seqs
+            if seqs and seqs[0] > sent + 1:
+                raise TurnNotFound("The events to resume from are no longer kept; reload the session.")
+            start = bisect_right(seqs, sent)
+            if start < len(seqs):
+                batch = record.between(start, min(start + MAX_BATCH, len(seqs)))
+                end = start + len(batch)
+                final = end == len(seqs) and record.finished_at is not None  # the final event is last
+                sent = seqs[end - 1]
+                yield batch
+                if final:
                     return
-                await record.wait()
-        finally:
-            record.followers -= 1
-            record.pack()
+                continue
+            if record.finished_at is not None:
+                return
+            await record.wait()
 
     def on_cancel(self, turn_id: str, callback: CancelCallback) -> Callable[[], None]:
         self._cancel_handlers[turn_id] = callback
