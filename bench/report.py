@@ -395,9 +395,9 @@ def _memory(entry: dict[str, Any], engine: dict[str, Any]) -> list[str]:
     if memory:
         rate = memory.get("tokens_per_second_per_stream", 0)
         text = (
-            f"Memory comes from a repeat of its own that runs first, on the cold process: the same "
-            f"{entry['streams']:,} sockets and {entry['tokens_per_stream']}-token answers at {rate:g} "
-            "tokens/s, a rate one process carries for every stream at once (at "
+            "Memory comes from a repeat of its own, the scenario's first, before the latency repeats: "
+            f"the same {entry['streams']:,} sockets and {entry['tokens_per_stream']}-token answers at "
+            f"{rate:g} tokens/s, a rate one process carries for every stream at once (at "
             f"{entry['tokens_per_second_per_stream']:.0f} tokens/s the first streams end before the last "
             "ones start, and the peak is that of fewer streams). The process grows once, for its first "
             "sockets and streams; later repeats reuse that memory."

@@ -97,7 +97,7 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                 "; ".join(filter(None, [note, steady_note, relay_note, stolen_note])),
             )
         )
-        # The memory repeat: the cold process with every stream running at once, at a rate one process
+        # The memory repeat: the process's first 1,000 streams, all running at once, at a rate one process
         # carries. Results from before it was measured give the first repeat's growth (later repeats reuse
         # the memory the finished turns' logs leave behind).
         memory = many.get("memory")

@@ -15,7 +15,8 @@ token delivered, engine against relay, says how many such streams one core carri
 each load, including what the host took for other guests (steal, `bench/machine.py`), says whether the
 repeat had the machine to itself.
 
-Memory per connection is measured once, in a repeat of its own that runs first, on the cold process: the
+Memory per connection is measured once, in a repeat of its own that runs first (the process's first
+load of this many sockets and streams; in a full run it has served scenarios 1 and 2 before): the
 same sockets and answers at a slower rate (`many_memory_rate`, 4 tokens/s), one that a single process
 carries for every stream at once. At 20 tokens/s the engine's core is full before the last turns have
 started, so the first streams end before the last ones begin and the peak is that of fewer streams; the
@@ -148,7 +149,7 @@ def _relay_repeat(bench: Bench, delay: float) -> dict[str, float]:
 
 
 def _memory_repeat(bench: Bench, engine: EngineHandle, urls: list[str]) -> dict[str, Any]:
-    """The cold process's memory with every stream running at once (module docstring)."""
+    """The process's memory with every stream running at once (module docstring)."""
     delay = 1.0 / bench.sizes.many_memory_rate
     bench.configure_provider(tokens=bench.sizes.many_tokens, delay=delay)
     measured = _engine_repeat(bench, engine, urls, delay)
