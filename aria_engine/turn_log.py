@@ -97,7 +97,7 @@ class TurnEventLog(ABC):
 
 # A turn's log keeps its newest events as strings, where the sockets following it read them, and the
 # older ones joined and compressed in blocks: about 12 bytes an event instead of about 150 for a string
-# (bench scenario 3: with 1,000 streams running at once their logs were a third of their memory).
+# (bench scenario 3: with 1,000 streams running at once their logs were a quarter of their memory).
 LIVE_EVENTS = 16
 BLOCK_EVENTS = 32
 
