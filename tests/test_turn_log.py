@@ -7,7 +7,7 @@ import asyncio
 import gc
 import tracemalloc
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import NamedTuple
 
 import orjson
@@ -41,6 +41,18 @@ async def _collect(log: TurnEventLog, turn_id: str, after_seq: int) -> list[Even
 async def _write_turn(log: TurnEventLog, turn_id: str, count: int, *, final: bool = True) -> None:
     for seq in range(1, count + 1):
         await log.append(turn_id, seq, f'{{"seq": {seq}}}', final=final and seq == count)
+
+
+async def _bytes_kept_per_turn(turns: int, log_turn: Callable[[str], Awaitable[None]]) -> float:
+    """The memory that logging a turn (`log_turn(turn_id)`) leaves allocated, per turn."""
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for turn in range(turns):
+            await log_turn(f"turn-{turn}")
+        return (tracemalloc.get_traced_memory()[0] - before) / turns
+    finally:
+        tracemalloc.stop()
 
 
 async def test_logging_an_event_adds_nothing_the_garbage_collector_tracks() -> None:
@@ -99,17 +111,12 @@ async def test_a_finished_turn_is_kept_compactly_and_still_resumes_from_any_seq(
             texts[seq] for seq in range(after + 1, 201)
         ]
 
-    tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
-        for turn in range(100):
-            turn_id = f"turn-{turn}"
-            await log.open_turn(turn_id, "s1")
-            for seq, text in texts.items():
-                await log.append(turn_id, seq, text.replace('"t1"', f'"{turn_id}"'), final=seq == 200)
-        kept = (tracemalloc.get_traced_memory()[0] - before) / 100
-    finally:
-        tracemalloc.stop()
+    async def finished_turn(turn_id: str) -> None:
+        await log.open_turn(turn_id, "s1")
+        for seq, text in texts.items():
+            await log.append(turn_id, seq, text.replace('"t1"', f'"{turn_id}"'), final=seq == 200)
+
+    kept = await _bytes_kept_per_turn(100, finished_turn)
     assert kept < 5_000  # bytes per finished 200-event turn; about 30,000 as a string per event
     assert len(await _collect(log, "turn-99", 0)) == 200
 
@@ -141,17 +148,12 @@ async def test_a_running_turn_keeps_its_older_events_compactly_and_resumes_from_
     for after in (0, 1, 31, 32, 33, 47, 48, 500, 959, 960, 975, 999):
         assert await _take(log.follow("t1", after), 1000 - after) == expected[after:]
 
-    tracemalloc.start()
-    try:
-        before = tracemalloc.get_traced_memory()[0]
-        for turn in range(50):
-            turn_id = f"turn-{turn}"
-            await log.open_turn(turn_id, "s1")
-            for seq in range(1, 1001):
-                await log.append(turn_id, seq, text(turn_id, seq), final=False)
-        kept = (tracemalloc.get_traced_memory()[0] - before) / 50
-    finally:
-        tracemalloc.stop()
+    async def running_turn(turn_id: str) -> None:
+        await log.open_turn(turn_id, "s1")
+        for seq in range(1, 1001):
+            await log.append(turn_id, seq, text(turn_id, seq), final=False)
+
+    kept = await _bytes_kept_per_turn(50, running_turn)
     assert kept < 40_000  # bytes per running 1,000-event turn (31,000 measured); 160,000 as strings
 
 
