@@ -10,8 +10,8 @@ no object per event. The log is also the channel for cancelling a turn that runs
 Two implementations behind one interface:
 - `MemoryTurnEventLog`: this process only. Bounded: a finished turn is kept `ttl` seconds, at most
   `max_turns` turns and `max_events` events per turn are retained (older events of a huge turn are dropped;
-  a resume that needs them is refused rather than answered with a gap). A finished turn that no socket
-  follows any more is kept compressed (`_TurnRecord.pack`).
+  a resume that needs them is refused rather than answered with a gap). All but a running turn's newest
+  events are kept compressed (`_TurnRecord`).
 - `RedisTurnEventLog` (when REDIS_URL is set): the same, plus a Redis stream per turn (`XADD` with the seq
   as the entry id) that any replica can replay and follow, and a pub/sub channel for cancel signals. Local
   followers still read from memory, so the hot path does not wait on Redis reads.
@@ -174,7 +174,7 @@ class _TurnRecord:
     def between(self, start: int, end: int) -> list[str]:
         """The texts of the kept events at positions [start, end)."""
         packed = len(self.seqs) - len(self.texts)
-        if start >= packed:  # a socket keeping up with its turn: always here
+        if start >= packed:  # a socket keeping up with its turn, until the rest is packed at its end
             return self.texts[start - packed : end - packed]
         texts: list[str] = []
         while start < min(end, packed):  # a late resume: each block it needs is decompressed once
