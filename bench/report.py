@@ -10,7 +10,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from bench.targets import evaluate_targets, pick
+from bench.targets import evaluate_targets, memory_measurement, pick
 
 __all__ = ["render"]
 
@@ -389,9 +389,8 @@ def _many(results: dict[str, Any]) -> list[str]:
 
 def _memory(entry: dict[str, Any], engine: dict[str, Any]) -> list[str]:
     """Scenario 3's memory table: from its memory repeat, or (older results) from the first repeat."""
-    memory = entry.get("memory")
+    measured, memory = memory_measurement(entry)
     source = "memory repeat" if memory else "first repeat"
-    measured = memory or (engine.get("repeats") or [{}])[0]
     if memory:
         rate = memory.get("tokens_per_second_per_stream", 0)
         text = (

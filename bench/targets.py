@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-__all__ = ["evaluate_targets", "pick"]
+__all__ = ["evaluate_targets", "memory_measurement", "pick"]
 
 
 def pick(data: Any, *path: str) -> Any:
@@ -28,6 +28,15 @@ def _row(target: str, goal: str, value: float | None, unit: str, met: bool | Non
         "met": None if value is None else met,
         "note": note,
     }
+
+
+def memory_measurement(many: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Scenario 3's memory figures and its memory repeat: the process's first 1,000 streams, all running
+    at once, at a rate one process carries. Results from before that repeat was measured give the first
+    latency repeat's (its growth; later repeats reuse the memory the finished turns' logs leave behind)
+    and None for the memory repeat."""
+    memory = many.get("memory")
+    return memory or (pick(many, "engine", "repeats") or [{}])[0], memory
 
 
 def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
@@ -97,11 +106,7 @@ def evaluate_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
                 "; ".join(filter(None, [note, steady_note, relay_note, stolen_note])),
             )
         )
-        # The memory repeat: the process's first 1,000 streams, all running at once, at a rate one process
-        # carries. Results from before it was measured give the first repeat's growth (later repeats reuse
-        # the memory the finished turns' logs leave behind).
-        memory = many.get("memory")
-        measured = memory or (pick(many, "engine", "repeats") or [{}])[0]
+        measured, memory = memory_measurement(many)
         rss = measured.get("rss_streaming_kb_per_connection")
         most = measured.get("most_streaming_at_once")
         # Like the p99: a peak of fewer streams than the target's did not test it, and understates it.
