@@ -123,6 +123,10 @@ class EngineConfig(BaseSettings):
     # -- streaming ---------------------------------------------------------------------------------
     ws_max_frame_bytes: int = Field(default=256 * 1024, ge=1024)
     ws_ping_interval: float = Field(default=20.0, gt=0)
+    # permessage-deflate, which browsers always offer. Off by default: a token frame is about 100 bytes
+    # (20 tokens/s is 2 KB/s a stream), while compressing costs each socket about 50 KB of zlib state
+    # and the server about a tenth more CPU per token (measured: docs/API.md).
+    ws_compression: bool = False
     keep_turn_on_disconnect: bool = False
     # A dropped socket's turn keeps running this long, so a reload or a network blip can `resume` it.
     disconnect_grace_seconds: float = Field(default=10.0, ge=0)

@@ -168,6 +168,22 @@ async def test_bad_json_and_unknown_types_get_error_events_and_the_socket_stays_
         assert await recv_json(ws) == {"type": "pong"}
 
 
+@pytest.mark.parametrize("enabled", [False, True], ids=["default-off", "enabled"])
+async def test_compression_is_accepted_only_when_enabled(
+    start_server: Any, api_config: Any, enabled: bool
+) -> None:
+    # A client offering permessage-deflate, as every browser does: declined unless ARIA_WS_COMPRESSION.
+    server = start_server(api_config(ws_compression=enabled))
+    session_id = await _session(server)
+    async with server.websocket(session_id, compression="deflate") as ws:
+        negotiated = [extension.name for extension in ws.protocol.extensions]
+        await send_json(ws, {"type": "message", "content": "Hello"})
+        events = await read_turn(ws)
+    assert negotiated == (["permessage-deflate"] if enabled else [])
+    _assert_one_turn(events)
+    assert "".join(e["content"] for e in events if e["type"] == "token")
+
+
 async def test_a_frame_over_the_size_limit_closes_with_1009(start_server: Any, api_config: Any) -> None:
     server = start_server(api_config(ws_max_frame_bytes=4096))
     session_id = await _session(server)

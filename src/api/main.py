@@ -81,11 +81,13 @@ def create_app(config: EngineConfig | None = None) -> FastAPI:
 
 
 def uvicorn_options(config: EngineConfig) -> dict[str, Any]:
-    """Server settings the protocol relies on: keepalive pings and the frame size limit (1009 above it)."""
+    """Server settings the protocol relies on: keepalive pings, the frame size limit (1009 above it) and
+    whether frames may be compressed."""
     return {
         "ws": "websockets-sansio",
         "ws_ping_interval": config.ws_ping_interval,
         "ws_ping_timeout": config.ws_ping_interval,
+        "ws_per_message_deflate": config.ws_compression,
         # A little above the app's own limit, so the app answers oversized frames with a clean 1009.
         "ws_max_size": config.ws_max_frame_bytes * 4 + 4096,
     }
