@@ -178,7 +178,7 @@ class _TurnRecord:
             return self.texts[start - packed : end - packed]
         texts: list[str] = []
         while start < min(end, packed):  # a late resume: each block it needs is decompressed once
-            index = min(start // BLOCK_EVENTS, len(self.blocks) - 1)  # only the last block can be shorter
+            index = min(start // BLOCK_EVENTS, len(self.blocks) - 1)  # only the last block differs in size
             first = index * BLOCK_EVENTS
             block = _unpack(self.blocks[index], self.block_ends[index])
             texts += block[start - first : end - first]

@@ -131,7 +131,7 @@ async def _take(follow: AsyncIterator[Sequence[str]], count: int) -> list[str]:
 
 
 async def test_a_running_turn_keeps_its_older_events_compactly_and_resumes_from_any_seq() -> None:
-    # With 1,000 streams running at once, their logs were a third of their memory (bench scenario 3):
+    # With 1,000 streams running at once, their logs were a quarter of their memory (bench scenario 3):
     # a running turn's older events are kept compressed, and every follower still gets every event's
     # own text, byte for byte, whether it keeps up, falls behind or resumes from any seq.
     def text(turn_id: str, seq: int) -> str:
@@ -154,7 +154,7 @@ async def test_a_running_turn_keeps_its_older_events_compactly_and_resumes_from_
             await log.append(turn_id, seq, text(turn_id, seq), final=False)
 
     kept = await _bytes_kept_per_turn(50, running_turn)
-    assert kept < 40_000  # bytes per running 1,000-event turn (31,000 measured); 160,000 as strings
+    assert kept < 40_000  # bytes per running 1,000-event turn (31,000 measured); about 150,000 as strings
 
 
 async def test_a_resume_finds_its_place_by_seq_even_past_a_gap() -> None:
