@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 from typing import Any
+from urllib.parse import urlsplit
 
 import orjson
 import pytest
@@ -166,6 +168,34 @@ async def test_bad_json_and_unknown_types_get_error_events_and_the_socket_stays_
         assert (await recv_json(ws))["code"] == "turn_not_found"
         await send_json(ws, {"type": "ping"})
         assert await recv_json(ws) == {"type": "pong"}
+
+
+async def test_a_client_that_stops_reading_does_not_hold_up_its_turn(
+    live_server: LiveServer, fake_llm: FakeLLM
+) -> None:
+    # The turn's task sends the starting socket's frames itself. ~4 MB of answer is more than the
+    # client's 16 KB receive buffer, the server's send buffer and uvicorn's write buffer hold, so sends
+    # to a client that reads nothing have to wait; the turn must still end at the provider's pace, and
+    # the client, once it reads again, get every event exactly once and in order.
+    text = "".join(f"{i:06d}" + "x" * 2042 for i in range(2000))
+    fake_llm.enqueue(Reply(text, chunk_size=2048))
+    session_id = await _session(live_server)
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+    address = urlsplit(live_server.base_url)
+    sock.connect((address.hostname, address.port))
+    async with live_server.websocket(session_id, sock=sock, max_queue=4, max_size=None) as ws:
+        await send_json(ws, {"type": "message", "content": "a long answer, please"})
+        for _ in range(1200):  # waits at most a minute: a broken server fails rather than hangs
+            messages = await _messages(live_server, session_id)
+            if messages[1:]:  # the assistant row: the turn has ended
+                break
+            await asyncio.sleep(0.05)
+        assert messages[-1]["content"] == text and messages[-1]["finish_reason"] == "stop"
+        events = await read_turn(ws)
+    _assert_one_turn(events)
+    assert "".join(e["content"] for e in events if e["type"] == "token") == text
+    assert events[-1]["finish_reason"] == "stop"
 
 
 @pytest.mark.parametrize("enabled", [False, True], ids=["default-off", "enabled"])
