@@ -10,8 +10,8 @@ How it fits together:
   `ChatEngine.stream_turn` and appends every event, serialised once with orjson, to the `TurnEventLog`.
 - The socket that started a turn gets its events from the turn task itself, right after each is logged:
   the send is stepped in the turn task (`eager`), so a token costs no task switch. When a send has to
-  wait (the client stopped reading, or another frame is being sent), a forwarder task finishes it and
-  follows the log from there, and the turn goes on at the provider's pace.
+  wait (the client stopped reading and the buffers are full), a forwarder task finishes it and follows
+  the log from there, and the turn goes on at the provider's pace.
 - Any other socket forwards a turn by following the log from `after_seq` (a `resume`), so a reconnecting
   client (on any replica, with Redis) gets each missing event exactly once and then the live rest.
 - The socket's reader keeps reading while a turn streams, so `cancel` and `ping` work mid-turn.
@@ -384,7 +384,7 @@ class _Connection:
         self.config = manager.config
         self._send_lock = asyncio.Lock()
         self._forwarders: dict[str, asyncio.Task[None]] = {}
-        self._pushed: set[str] = set()  # turns whose events the turn task sends here directly
+        self._pushed: str | None = None  # the own turn whose events its task sends here directly
         self._own_turns: list[str] = []  # turns started here, newest last (bounded: pruned when done)
         self._open = True
 
@@ -442,7 +442,10 @@ class _Connection:
         return await self._send_all((text,))
 
     async def _send_all(self, texts: Iterable[str]) -> bool:
-        """Send frames in order, none interleaved with another sender's (one lock for the lot)."""
+        """Send frames in order, none interleaved with another forwarder's or the reader's (one lock for the
+        lot). A pushed frame does not take the lock: it may go out between two frames of a batch, which
+        are of another turn or a `pong`, since a turn is pushed or forwarded, never both; uvicorn writes
+        each frame whole."""
         if not self._open:
             return False
         async with self._send_lock:
@@ -504,22 +507,33 @@ class _Connection:
 
     def _on_turn_started(self, turn_id: str) -> Push:
         self._own_turns.append(turn_id)
-        self._pushed.add(turn_id)
+        self._pushed = turn_id  # one at a time: a socket starts a turn only when its last one has ended
         return functools.partial(self._push, turn_id)
 
     def _push(self, turn_id: str, seq: int, frame: str) -> bool:
         """Send an event of this socket's own turn from the turn's task (see `eager`)."""
-        if not self._open or turn_id not in self._pushed:
+        if not self._open or turn_id != self._pushed:
             return False
-        sending = self._send_all((frame,))
+        sending = self.ws.send_text(frame)
         try:
             waiting_on = sending.send(None)
-        except StopIteration as sent:
-            return bool(sent.value)
-        # The send has to wait: a forwarder finishes it and follows the log after it, in order (it holds
-        # or queues for the send lock already), and the turn goes on without waiting for this socket.
-        self._follow(turn_id, seq, sending=eager.finish(sending, waiting_on))
+        except StopIteration:
+            return True
+        except Exception:  # the peer is gone; the reader loop sees the disconnect
+            self._open = False
+            return False
+        # The send has to wait (the client is not reading): a forwarder finishes it and follows the
+        # log after it, and the turn goes on without waiting for this socket.
+        self._follow(turn_id, seq, sending=self._finish_send(sending, waiting_on))
         return False
+
+    async def _finish_send(self, sending: Coroutine[Any, Any, None], waiting_on: Any) -> bool:
+        try:
+            await eager.finish(sending, waiting_on)
+        except Exception:  # the peer is gone
+            self._open = False
+            return False
+        return True
 
     async def _on_cancel(self, payload: dict[str, Any]) -> None:
         turn_id = payload.get("turn_id")
@@ -551,7 +565,8 @@ class _Connection:
     ) -> None:
         """Forward `turn_id` from the log after `after_seq` in a task, replacing any earlier forwarding
         of it; `sending` is a send of event `after_seq` in flight, to finish first."""
-        self._pushed.discard(turn_id)
+        if self._pushed == turn_id:
+            self._pushed = None
         previous = self._forwarders.pop(turn_id, None)
         if previous is not None:
             previous.cancel()
