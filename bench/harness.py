@@ -18,7 +18,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -180,8 +180,9 @@ class Bench:
 
     # -- servers -----------------------------------------------------------------------------------
     @contextlib.contextmanager
-    def engine(self, backend: str) -> Iterator[EngineHandle]:
-        """The engine on a fresh database of `backend`; the database is dropped afterwards."""
+    def engine(self, backend: str, wrapper: Sequence[str] = ()) -> Iterator[EngineHandle]:
+        """The engine on a fresh database of `backend`; the database is dropped afterwards. `wrapper`
+        runs it under another program (valgrind: `bench/instructions.py`), which may start slowly."""
         database = BenchDatabase(backend, sqlite_dir=self.work_dir / "sqlite")
         url = database.create()
         self.database_versions[backend] = database.server_version()
@@ -197,14 +198,14 @@ class Bench:
         )
         service = Service(
             f"engine-{backend}",
-            [str(VENV_BIN / "aria-engine"), "serve", "--port", "{port}"],
+            [*wrapper, str(VENV_BIN / "aria-engine"), "serve", "--port", "{port}"],
             port=0,
             log_path=self.work_dir / f"engine-{backend}.log",
             env=env,
             cwd=self.work_dir,
         )
         try:
-            self.start_service(service, timeout=120.0)
+            self.start_service(service, timeout=900.0 if wrapper else 120.0)
             handle = EngineHandle(backend, service, database)
             yield handle
             handle.client.close()
@@ -213,11 +214,12 @@ class Bench:
             database.drop()
 
     @contextlib.contextmanager
-    def relay(self, ws: str = RELAY_WS) -> Iterator[Service]:
-        """The bare relay, by default on the engine's WebSocket implementation."""
+    def relay(self, ws: str = RELAY_WS, wrapper: Sequence[str] = ()) -> Iterator[Service]:
+        """The bare relay, by default on the engine's WebSocket implementation (`wrapper`: as `engine`)."""
         service = Service(
             f"relay-{ws}",
             [
+                *wrapper,
                 sys.executable,
                 "-m",
                 "bench.relay",
@@ -232,7 +234,7 @@ class Bench:
             log_path=self.work_dir / f"relay-{ws}.log",
             cwd=REPO,
         )
-        self.start_service(service)
+        self.start_service(service, timeout=900.0 if wrapper else 60.0)
         try:
             yield service
         finally:
