@@ -8,12 +8,9 @@
 How it fits together:
 - A turn runs as a task owned by the manager, not by the socket that started it. The task iterates
   `ChatEngine.stream_turn` and appends every event, serialised once with orjson, to the `TurnEventLog`.
-- The socket that started a turn gets its events from the turn task itself, right after each is logged:
-  the send is stepped in the turn task (`eager`), so a token costs no task switch. When a send has to
-  wait (the client stopped reading and the buffers are full), a forwarder task finishes it and follows
-  the log from there, and the turn goes on at the provider's pace.
-- Any other socket forwards a turn by following the log from `after_seq` (a `resume`), so a reconnecting
-  client (on any replica, with Redis) gets each missing event exactly once and then the live rest.
+- A socket forwards a turn by following the log, from seq 0 for its own turn or from `after_seq` for a
+  `resume`, so a reconnecting client (on any replica, with Redis) gets each missing event exactly once and
+  then the live rest.
 - The socket's reader keeps reading while a turn streams, so `cancel` and `ping` work mid-turn.
 - Every `start` is closed by exactly one `done`: when a turn task is cancelled, the engine leaves the
   closing `DoneEvent` in `TurnControl.final_event` and the task appends it.
@@ -31,9 +28,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -41,7 +37,6 @@ import orjson
 from starlette.status import WS_1009_MESSAGE_TOO_BIG
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
-from aria_engine import eager
 from aria_engine.db.engine import is_transient_database_error
 from aria_engine.events import DoneEvent, ErrorEvent, FinishReason, TurnControl, TurnEvent
 from aria_engine.exceptions import (
@@ -62,11 +57,6 @@ __all__ = ["MAX_CONTENT_CHARS", "StreamManager", "TurnObserver"]
 logger = logging.getLogger("aria.streaming")
 
 MAX_CONTENT_CHARS = 100_000  # the seed's SendMessageRequest.content limit, the same on both surfaces
-
-
-# Delivers one logged event (seq, frame) to the socket that started the turn, from the turn's task.
-# False: stop pushing to it (it is gone, or a forwarder task took over).
-Push = Callable[[int, str], bool]
 
 
 class TurnObserver(Protocol):
@@ -94,8 +84,7 @@ class _TurnRun:
     done: bool = False
     turn_id: str = ""
     started: asyncio.Future[str] = field(default_factory=lambda: asyncio.get_running_loop().create_future())
-    on_start: Callable[[str], Push | None] | None = None
-    push: Push | None = None  # the starting socket's direct delivery, while it lasts
+    on_start: Callable[[str], None] | None = None
 
 
 def _encode(data: dict[str, Any]) -> str:
@@ -166,13 +155,14 @@ class StreamManager:
         enable_thinking: bool = False,
         enable_tools: bool = True,
         idempotency_key: str | None = None,
-        on_start: Callable[[str], Push | None] | None = None,
+        on_start: Callable[[str], None] | None = None,
     ) -> str:
         """Start a turn task; returns its turn_id once `start` is logged.
 
         Errors raised before the turn starts (busy, ended, unknown model, ...) are raised here.
         `on_start(turn_id)` is called in the turn task as soon as `start` is logged, before the turn
-        reads on; the `Push` it returns gets `start` and every later event as soon as each is logged.
+        reads on: a socket that starts its forwarder there sends `start` and the first token without
+        waiting for this call to return (which takes a few loop passes).
         """
         if self._closing:
             raise EngineUnavailable("The server is shutting down.")
@@ -273,14 +263,21 @@ class StreamManager:
             unregister = self.event_log.on_cancel(
                 run.turn_id, lambda reason: self.cancel(run.turn_id, reason)
             )
-            start = await self._append(run, first, owner)
+            await self._append(run, first, owner)
             run.started.set_result(run.turn_id)
             if run.on_start is not None:
-                run.push = run.on_start(run.turn_id)
-                if run.push is not None and not run.push(first.seq, start):
-                    run.push = None
+                run.on_start(run.turn_id)
+            # One loop pass after `start` and one after the event that follows it, for the sockets to
+            # send them: a provider's first chunks often arrive together, and the first token would
+            # otherwise go out only once the whole burst is logged. Later events go out in batches,
+            # which costs less per token.
+            await asyncio.sleep(0)
+            first_output = True
             async for event in events:
                 await self._append(run, event, owner)
+                if first_output:
+                    first_output = False
+                    await asyncio.sleep(0)
         except asyncio.CancelledError:
             # Close the turn first, so the engine persists the partial and leaves its own `done` (with
             # the message id and usage) in `control` even when the cancel landed out here, in an append.
@@ -299,16 +296,12 @@ class StreamManager:
             with contextlib.suppress(Exception):
                 await events.aclose()  # type: ignore[attr-defined]
 
-    async def _append(self, run: _TurnRun, event: TurnEvent, owner: str) -> str:
-        """Log the event and push it to the starting socket; returns its frame."""
+    async def _append(self, run: _TurnRun, event: TurnEvent, owner: str) -> None:
         if run.done:
             raise RuntimeError(f"turn {run.turn_id} emitted {event.type} after done")
         final = isinstance(event, DoneEvent)
-        frame = _encode(event.to_dict())
-        await self.event_log.append(run.turn_id, event.seq, frame, final=final)
+        await self.event_log.append(run.turn_id, event.seq, _encode(event.to_dict()), final=final)
         run.last_seq = event.seq
-        if run.push is not None and not run.push(event.seq, frame):
-            run.push = None
         if isinstance(event, ErrorEvent) and self.observer is not None:
             self.observer.turn_error(event)
         if isinstance(event, DoneEvent):
@@ -318,7 +311,6 @@ class StreamManager:
             if self.limiter is not None:
                 with contextlib.suppress(Exception):
                     await self.limiter.add_tokens(owner, event.total_tokens)
-        return frame
 
     async def _close_cancelled(self, run: _TurnRun, control: TurnControl, owner: str) -> None:
         if not run.turn_id or run.done:
@@ -373,8 +365,7 @@ class _Following:
 
 
 class _Connection:
-    """One socket: a reader loop, its own turn's events pushed by the turn task, and one forwarder task
-    per other turn it follows (or for its own, once a push had to wait)."""
+    """One socket: a reader loop plus one forwarder task per turn it is following."""
 
     def __init__(self, manager: StreamManager, websocket: WebSocket, session_id: str, owner: str) -> None:
         self.manager = manager
@@ -384,7 +375,6 @@ class _Connection:
         self.config = manager.config
         self._send_lock = asyncio.Lock()
         self._forwarders: dict[str, asyncio.Task[None]] = {}
-        self._pushed: str | None = None  # the own turn whose events its task sends here directly
         self._own_turns: list[str] = []  # turns started here, newest last (bounded: pruned when done)
         self._open = True
 
@@ -442,10 +432,7 @@ class _Connection:
         return await self._send_all((text,))
 
     async def _send_all(self, texts: Iterable[str]) -> bool:
-        """Send frames in order, none interleaved with another forwarder's or the reader's (one lock for the
-        lot). A pushed frame does not take the lock: it may go out between two frames of a batch, which
-        are of another turn or a `pong`, since a turn is pushed or forwarded, never both; uvicorn writes
-        each frame whole."""
+        """Send frames in order, none interleaved with another sender's (one lock for the lot)."""
         if not self._open:
             return False
         async with self._send_lock:
@@ -505,35 +492,9 @@ class _Connection:
             extra = {} if exc.retry_after is None else {"retry_after": exc.retry_after}
             await self._send(_error_frame(exc.code, exc.message, **extra))
 
-    def _on_turn_started(self, turn_id: str) -> Push:
+    def _on_turn_started(self, turn_id: str) -> None:
         self._own_turns.append(turn_id)
-        self._pushed = turn_id  # one at a time: a socket starts a turn only when its last one has ended
-        return functools.partial(self._push, turn_id)
-
-    def _push(self, turn_id: str, seq: int, frame: str) -> bool:
-        """Send an event of this socket's own turn from the turn's task (see `eager`)."""
-        if not self._open or turn_id != self._pushed:
-            return False
-        sending = self.ws.send_text(frame)
-        try:
-            waiting_on = sending.send(None)
-        except StopIteration:
-            return True
-        except Exception:  # the peer is gone; the reader loop sees the disconnect
-            self._open = False
-            return False
-        # The send has to wait (the client is not reading): a forwarder finishes it and follows the
-        # log after it, and the turn goes on without waiting for this socket.
-        self._follow(turn_id, seq, sending=self._finish_send(sending, waiting_on))
-        return False
-
-    async def _finish_send(self, sending: Coroutine[Any, Any, None], waiting_on: Any) -> bool:
-        try:
-            await eager.finish(sending, waiting_on)
-        except Exception:  # the peer is gone
-            self._open = False
-            return False
-        return True
+        self._follow(turn_id, 0)
 
     async def _on_cancel(self, payload: dict[str, Any]) -> None:
         turn_id = payload.get("turn_id")
@@ -560,17 +521,11 @@ class _Connection:
             return
         self._follow(turn_id, after_seq)
 
-    def _follow(
-        self, turn_id: str, after_seq: int, sending: Coroutine[Any, Any, bool] | None = None
-    ) -> None:
-        """Forward `turn_id` from the log after `after_seq` in a task, replacing any earlier forwarding
-        of it; `sending` is a send of event `after_seq` in flight, to finish first."""
-        if self._pushed == turn_id:
-            self._pushed = None
+    def _follow(self, turn_id: str, after_seq: int) -> None:
         previous = self._forwarders.pop(turn_id, None)
         if previous is not None:
             previous.cancel()
-        task = asyncio.create_task(self._forward(turn_id, after_seq, sending), name="aria-ws-forward")
+        task = asyncio.create_task(self._forward(turn_id, after_seq), name="aria-ws-forward")
         self._forwarders[turn_id] = task
         task.add_done_callback(lambda done: self._forget_forwarder(turn_id, done))
 
@@ -578,12 +533,8 @@ class _Connection:
         if self._forwarders.get(turn_id) is task:
             del self._forwarders[turn_id]
 
-    async def _forward(
-        self, turn_id: str, after_seq: int, sending: Coroutine[Any, Any, bool] | None = None
-    ) -> None:
+    async def _forward(self, turn_id: str, after_seq: int) -> None:
         try:
-            if sending is not None and not await sending:
-                return
             with self.manager.following(turn_id):
                 async for batch in self.manager.event_log.follow(turn_id, after_seq):
                     if not await self._send_all(batch):

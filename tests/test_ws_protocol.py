@@ -173,10 +173,10 @@ async def test_bad_json_and_unknown_types_get_error_events_and_the_socket_stays_
 async def test_a_client_that_stops_reading_does_not_hold_up_its_turn(
     live_server: LiveServer, fake_llm: FakeLLM
 ) -> None:
-    # The turn's task sends the starting socket's frames itself. ~4 MB of answer is more than the
-    # client's 16 KB receive buffer, the server's send buffer and uvicorn's write buffer hold, so sends
-    # to a client that reads nothing have to wait; the turn must still end at the provider's pace, and
-    # the client, once it reads again, get every event exactly once and in order.
+    # ~4 MB of answer is more than the client's 16 KB receive buffer, the server's send buffer and
+    # uvicorn's write buffer hold, so sends to a client that reads nothing have to wait; the turn must
+    # still end at the provider's pace (its task logs, the socket's forwarder sends), and the client,
+    # once it reads again, get every event exactly once and in order.
     text = "".join(f"{i:06d}" + "x" * 2042 for i in range(2000))
     fake_llm.enqueue(Reply(text, chunk_size=2048))
     session_id = await _session(live_server)
