@@ -10,8 +10,10 @@ warm-up turn. Then CLIENTS clients run TURNS turns each of SHORT tokens, and aga
 RATE tokens/s from the fake provider (slow enough that valgrind's 50-fold slowdown leaves the server
 idle between tokens, as a server with 1,000 streams of 20 tokens/s is between each stream's tokens).
 Per token is the difference between the two counts over the difference in tokens; per turn is the
-rest. System calls (the kernel's work) and waiting are not counted: this is the Python a token and a
-turn cost.
+rest. System calls (the kernel's work), waiting and the time an instruction waits for memory are not
+counted: this is how much Python a token and a turn run, a guide to where the cost is. A change is
+judged by the timed scenarios (`python -m bench`): one that ran fewer instructions here took more CPU
+time at full speed (bench/ANALYSIS.md, "frames pushed from the turn's task").
 
     python -m bench.instructions                  # the engine on PostgreSQL, and the bare relay
     python -m bench.instructions --backend sqlite

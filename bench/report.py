@@ -69,6 +69,8 @@ def _head(results: dict[str, Any], results_path: Path) -> list[str]:
         "make bench BENCH_ARGS=--quick               # quick run (under ~10 minutes on 2 cores)",
         "make bench BENCH_ARGS='--quick --scenarios 1,2 --backends sqlite'",
         ".venv/bin/python -m bench report bench/results/<file>.json   # re-render this page",
+        ".venv/bin/python -m bench.instructions      # instructions per token and per turn, engine and relay "
+        "(valgrind)",
         "```",
         "",
         "Everything runs on 127.0.0.1: the fake OpenAI-compatible provider (`bench/provider.py`, "
