@@ -2,12 +2,12 @@
 
 Timed figures on a shared machine move with its hour (bench/ANALYSIS.md: the same code measured 7.6 to
 25 ms on the speed reference); instruction counts do not. callgrind (valgrind) counts the instructions a
-process runs in user space, and the same run twice agrees within 0.1%. So two versions of the engine
+process runs in user space, and the same count taken again agrees within 0.2%. So two versions of the engine
 can be compared on any hour, one after the other.
 
 Each server runs under valgrind with counting off while it starts, its clients connect and each runs a
 warm-up turn. Then CLIENTS clients run TURNS turns each of SHORT tokens, and again of LONG tokens, at
-RATE tokens/s from the fake provider (slow enough that valgrind's 50-fold slowdown leaves the server
+RATE tokens/s from the fake provider (slow enough that valgrind's slowdown, tens of times, leaves the server
 idle between tokens, as a server with 1,000 streams of 20 tokens/s is between each stream's tokens).
 Per token is the difference between the two counts over the difference in tokens; per turn is the
 rest. System calls (the kernel's work), waiting and the time an instruction waits for memory are not
