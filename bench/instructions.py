@@ -2,7 +2,7 @@
 
 Timed figures on a shared machine move with its hour (bench/ANALYSIS.md: the same code measured 7.6 to
 25 ms on the speed reference); instruction counts do not. callgrind (valgrind) counts the instructions a
-process runs in user space, and the same count taken again agrees within 0.2%. So two versions of the engine
+process runs in user space, and the same count taken again agrees within 1%. So two versions of the engine
 can be compared on any hour, one after the other.
 
 Each server runs under valgrind with counting off while it starts, its clients connect and each runs a
@@ -93,15 +93,12 @@ def _count(
     if result["errors"]:
         raise RuntimeError(f"turns failed: {result['error_sample']}")
     _control(service, "--dump")
-    for _ in range(100):  # the dump is written by the server's process, a moment later
+    for _ in range(100):  # the server's process writes the dump a moment later; its last line is the total
         dumps = set(out_dir.iterdir()) - before
-        if dumps:
-            break
+        if dumps and all("totals:" in d.read_text() for d in dumps):
+            return sum(callgrind_total(d) for d in dumps), sum(result["tokens"]), len(result["tokens"])
         time.sleep(0.1)
-    else:
-        raise RuntimeError("callgrind wrote no dump")
-    time.sleep(0.5)  # let the file be complete
-    return sum(callgrind_total(d) for d in dumps), sum(result["tokens"]), len(result["tokens"])
+    raise RuntimeError("callgrind wrote no complete dump")
 
 
 def _measure(
